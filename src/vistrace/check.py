@@ -63,12 +63,16 @@ def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResu
         return f"max |Δlogit| {diff:.2g}"
 
     def causality() -> str:
-        plan = Plan(cross_layers=cross, knockout=knockout(Role.LAST, Role.LAST, True))
+        # The explicit path only computes the rows a block targets; question rows have later keys
+        # (the template, the last token) that a lost causal mask would let them see.
+        plan = Plan(cross_layers=cross, knockout=knockout(Role.QUESTION, Role.QUESTION, True))
         changed = dict(inputs)
         ids = inputs["input_ids"].clone()
         ids[0, -1] = (ids[0, -1] + 1) % int(model.get_input_embeddings().num_embeddings - 8)
         changed["input_ids"] = ids
         a, b = logits(plan)[0, :-1], logits(plan, changed)[0, :-1]
+        reached = float((a - reference[0, :-1]).abs().max())
+        assert reached > tol, "blocking question→question changed nothing: the explicit path was not run"
         diff = float((a - b).abs().max())
         assert diff <= tol, f"changing the last token moved earlier logits by {diff:.3g}"
         return "earlier positions ignore a later token"

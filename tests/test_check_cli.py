@@ -1,0 +1,123 @@
+"""`vistrace check` through the CLI: all PASS on the tiny checkpoints, a named FAIL on a broken seam."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from typer.testing import CliRunner
+
+import vistrace.hook.seam as seam
+from vistrace.cli import app
+from vistrace.tiny import FAMILIES
+
+CHECKS = (
+    "empty plan == model output",
+    "causality (explicit path)",
+    "blocking changes only targeted rows",
+    "blocking nothing changes nothing",
+    "image keys where the adapter says",
+    "Mllama vision convention",
+    "fast == naive (k=3, one sample)",
+    "capture leaves greedy tokens unchanged",
+)
+EMPTY_PLAN, CAUSALITY, TARGETED_ROWS, _, IMAGE_KEYS, _, _, _ = CHECKS
+
+
+@pytest.fixture(autouse=True)
+def registered_seam() -> Iterator[None]:
+    """The seam registered before a test swaps its pieces (registration is idempotent and keeps a swap)."""
+    seam.register()
+    yield
+
+
+def _check(model_dir: Path) -> tuple[int, dict[str, str], str]:
+    """Exit code, {check name: PASS/FAIL}, and the whole output of `vistrace check --model DIR`."""
+    result = CliRunner().invoke(app, ["check", "--model", str(model_dir)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    verdicts = {}
+    for line in result.stdout.splitlines():
+        for name in CHECKS:
+            if line.startswith(name):
+                verdicts[name] = line[len(name) :].split()[0]
+    assert set(verdicts) == set(CHECKS), result.output
+    return result.exit_code, verdicts, result.output
+
+
+def _failed(verdicts: dict[str, str]) -> set[str]:
+    return {name for name, verdict in verdicts.items() if verdict != "PASS"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_check_passes_on_the_tiny_checkpoints(family: str, tiny_dirs: dict[str, Path]) -> None:
+    code, verdicts, output = _check(tiny_dirs[family])
+    assert code == 0, output
+    assert set(verdicts.values()) == {"PASS"}, output
+    assert "failed" not in output
+
+
+def _noisy_sdpa() -> Callable[..., Any]:
+    generator = torch.Generator().manual_seed(0)
+
+    def noisy(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        output, weights = sdpa_attention_forward(*args, **kwargs)
+        noise = torch.randn(output.shape, generator=generator).to(output)
+        return output + 1e-2 * noise, weights
+
+    return noisy
+
+
+def _plan_blind(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """A seam that hands every call to sdpa: no block is applied, nothing is captured."""
+    output, _ = sdpa_attention_forward(module, *args, **kwargs)
+    return output, None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_check_fails_when_the_seam_adds_noise(
+    family: str, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seam, "sdpa_attention_forward", _noisy_sdpa())
+    code, verdicts, output = _check(tiny_dirs[family])
+    assert code == 1
+    assert {EMPTY_PLAN, CAUSALITY, TARGETED_ROWS} <= _failed(verdicts), output
+    assert verdicts[IMAGE_KEYS] == "PASS"
+    assert "FAIL    AssertionError: max |logit difference|" in output
+    assert f"check(s) failed: {EMPTY_PLAN}" in output
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_check_fails_when_the_causal_mask_is_lost(
+    family: str, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented trap: with sdpa's mask function the seam gets no mask for an unpadded batch,
+    and the rows it computes itself see later positions."""
+    monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, seam.SEAM_NAME, sdpa_mask)
+    code, verdicts, output = _check(tiny_dirs[family])
+    assert code == 1
+    assert CAUSALITY in _failed(verdicts), output
+    assert verdicts[EMPTY_PLAN] == verdicts[TARGETED_ROWS] == verdicts[IMAGE_KEYS] == "PASS", output
+    causality_line = next(line for line in output.splitlines() if line.startswith(CAUSALITY))
+    assert "FAIL" in causality_line and "changing the last token moved earlier logits" in causality_line
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_check_fails_when_the_seam_ignores_the_plan(
+    family: str, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(AttentionInterface._global_mapping, seam.SEAM_NAME, _plan_blind)
+    code, verdicts, output = _check(tiny_dirs[family])
+    assert code == 1
+    failed = _failed(verdicts)
+    assert {CAUSALITY, IMAGE_KEYS} <= failed, output
+    if family == "llava":  # Mllama's row-mask hook still zeroes the blocked row's MLP update
+        assert TARGETED_ROWS in failed, output
+    assert verdicts[EMPTY_PLAN] == "PASS"
+    causality_line = next(line for line in output.splitlines() if line.startswith(CAUSALITY))
+    assert "the explicit path was not run" in causality_line
