@@ -1,26 +1,57 @@
-"""`vistrace demo`: every workflow of both papers on the built-in models, into one folder."""
+"""`vistrace demo`: every workflow of both papers on the built-in models, into one folder.
+
+Per family: eval → score → build → trace (the paper's four pathways, k = 3 and 9) → flow figures →
+attend with the Volcano loop (the questions the model got wrong first, where a critique has
+something to fix) → Figure 5 / Figure 4 maps and text → the pointing game. ``summary.txt`` gathers
+the accuracy, knockout and pointing tables; every figure lies under ``<out>/<family>/figures``.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from vistrace.attend_io import instance_dir, load_stages, read_log
 from vistrace.builtin import resolve_model_dir
 from vistrace.datasets import read_vqav2
-from vistrace.demo.world import make_split
-from vistrace.demo.writers import write_volcano_input, write_vqav2
-from vistrace.evaluate import evaluate
+from vistrace.demo.pointing import format_pointing, pointing_game
+from vistrace.demo.world import COLOURS, COUNT_ANSWERS, KINDS, Sample, make_split
+from vistrace.demo.writers import question_ids, write_volcano_input, write_vqav2
+from vistrace.evaluate import evaluate, read_jsonl
 from vistrace.knockout import PAPER_PATHWAYS
-from vistrace.loading import load
+from vistrace.loading import LoadedModel, load
 from vistrace.plots.attention import plot_avg_attention, plot_image_heatmap, plot_text_heatmap
-from vistrace.plots.flow import FlowOptions, flow_curves, plot_flow
-from vistrace.scoring import build_analysis_set, score_run
+from vistrace.plots.attention_maps import strip_mark
+from vistrace.plots.flow import FlowOptions, change_percent, plot_flow
+from vistrace.scoring import build_analysis_set, is_correct, score_run
+from vistrace.store import read_records
 from vistrace.trace import trace
 from vistrace.volcano import run_volcano
 
 log = logging.getLogger(__name__)
+
+DATA_SEED = 2024
+SPAN_WORDS = frozenset((*COLOURS, *KINDS, *COUNT_ANSWERS, "yes", "no", "top", "bottom", "left", "right"))
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much the demo does: ``scenes`` for eval (3 questions each), ``per_category`` traced
+    questions per question kind, ``ks`` window sizes, ``attend`` Volcano instances, ``pointing``
+    scenes for the pointing game, ``max_new_tokens`` per Volcano stage."""
+
+    scenes: int = 40
+    per_category: int = 4
+    ks: tuple[int, ...] = (3, 9)
+    attend: int = 6
+    pointing: int = 40
+    max_new_tokens: int = 24
 
 
 def _model_dir(family: str) -> tuple[Path, str]:
@@ -32,63 +63,131 @@ def _model_dir(family: str) -> tuple[Path, str]:
         return resolve_model_dir(f"tiny:{family}"), "random tiny model (figures show no real behaviour)"
 
 
-def _knockout_summary(run: Path) -> str:
-    curves = flow_curves(run, FlowOptions(min_p_full=None, clip_increases=True))
+def knockout_summary(run_dir: Path, min_p_full: float = 0.5) -> str:
+    """Which pathway and which layers matter most: per k and pathway, the largest mean drop in
+    answer probability over samples with ``p_full >= min_p_full`` and the window centre where it
+    happens; pathways sorted by that drop."""
+    changes: dict[int, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for record in read_records(run_dir / "results.jsonl"):
+        if record["p_full"] >= min_p_full:
+            changes[record["k"]][record["pathway"]].append(
+                change_percent(record["p_full"], record["probs"], clip_increases=False)
+            )
+    if not changes:
+        return f"  no traced sample has p_full >= {min_p_full}"
     lines = []
-    for (_, category, _mode, k), data in sorted(curves.items(), key=lambda kv: str(kv[0])):
-        worst = {p: (float(c.min()), int(c.argmin())) for p, c in data["curves"].items()}
-        pathway, (drop, layer) = min(worst.items(), key=lambda kv: kv[1][0])
-        lines.append(f"  {category} k={k}: largest drop {drop:.1f}% from {pathway} around layer {layer}")
+    for k in sorted(changes):
+        by_pathway = {p: np.mean(np.stack(c), axis=0) for p, c in changes[k].items()}
+        ranked = sorted(by_pathway.items(), key=lambda item: float(item[1].min()))
+        samples = len(next(iter(changes[k].values())))
+        lines.append(f"  k={k} ({samples} samples with p_full >= {min_p_full}):")
+        for pathway, curve in ranked:
+            layer = int(curve.argmin())
+            lines.append(
+                f"    {pathway:<18} largest drop {curve.min():7.1f}% at the window centred on layer {layer}"
+            )
     return "\n".join(lines)
 
 
-def run_demo(
-    out_dir: str | Path,
-    families: Sequence[str] = ("llava", "mllama"),
-    *,
-    n_scenes: int = 12,
-    per_category: int = 4,
-    n_attend: int = 3,
-) -> Path:
-    """Run eval → score → build → trace → attend and draw every figure; returns the summary file."""
-    out = Path(out_dir)
-    start = time.perf_counter()
-    samples = make_split(n_scenes, seed=2024)
-    data = write_vqav2(samples, out / "data" / "vqav2")
-    volcano_input = write_volcano_input(samples[:n_attend], out / "data" / "volcano")
+def attend_samples(samples: Sequence[Sample], predictions: Path, count: int) -> list[Sample]:
+    """``count`` samples for the Volcano loop: those answered wrongly in ``predictions`` first."""
+    correct = {
+        str(r["id"]): is_correct(r, "score>0") for r in read_jsonl(predictions) if not r.get("skipped")
+    }
+    ids = [str(i) for i in question_ids(samples)]
+    wrong = [s for s, i in zip(samples, ids, strict=True) if correct.get(i) is False]
+    right = [s for s, i in zip(samples, ids, strict=True) if correct.get(i) is True]
+    return (wrong + right)[:count]
+
+
+def _heatmap_instance(attend_dir: Path) -> tuple[int, list[list[str]]]:
+    """The instance to draw Figure 4 for (the first with an adopted revision, else the first) and a
+    span of its feedback: the last answer word (colour, shape, count, position, yes/no) in it."""
+    entries = [e for e in read_log(attend_dir)["entries"] if not e.get("skipped")]
+    if not entries:
+        raise ValueError(f"{attend_dir}: no finished instance")
+    entry = next((e for e in entries if e.get("adopted_round")), entries[0])
+    index = int(entry["index"])
+    stages = load_stages(instance_dir(attend_dir, index))
+    feedback = stages.get(f"feedback_{entry.get('adopted_round') or 1}")
+    words = [t for t in (feedback.output_tokens if feedback else ()) if strip_mark(t).lower() in SPAN_WORDS]
+    return index, [[words[-1]]] if words else []
+
+
+def _attention_figures(attend_dir: Path, figures: Path) -> list[str]:
+    notes = []
+    try:
+        plot_avg_attention(attend_dir, figures)
+    except ValueError as error:
+        notes.append(f"  average map (Figure 5) not drawn: {error}")
+    index, spans = _heatmap_instance(attend_dir)
+    plot_text_heatmap(attend_dir, index, figures)
+    plot_image_heatmap(attend_dir, index, spans, figures)
+    shown = f" with the span {spans[0][0]!r}" if spans else ""
+    notes.append(f"  Figure 4 drawn for instance {index}{shown}")
+    return notes
+
+
+def _volcano_summary(attend_dir: Path) -> str:
+    entries = [e for e in read_log(attend_dir)["entries"] if not e.get("skipped")]
+    adopted = sum(1 for e in entries if e.get("adopted_round"))
+    return f"Volcano loop: {len(entries)} instances, revision adopted in {adopted}"
+
+
+def run_family(
+    loaded: LoadedModel, samples: Sequence[Sample], data_dir: Path, root: Path, settings: DemoSettings
+) -> list[str]:
+    """Every workflow for one model; returns the summary lines."""
+    data = write_vqav2(samples, data_dir)
     examples = read_vqav2(data.questions, data.annotations, data.questions.parent / "images").examples
-    summary = [f"vistrace demo ({len(samples)} synthetic questions)"]
+    evaluate(loaded, examples, root / "eval", dataset="vqav2", batch_size=8)
+    lines = [score_run(root / "eval").format_table()]
+    analysis = root / "analysis.jsonl"
+    lines.append(
+        build_analysis_set(
+            root / "eval", analysis, per_category=settings.per_category, seed=42
+        ).format_table()
+    )
+    if analysis.stat().st_size == 0:
+        lines.append("  no correct answers: tracing the model's own answers to every question instead")
+        build_analysis_set(
+            root / "eval", analysis, per_category=settings.per_category, seed=42, correct_rule="score>=0"
+        )
+    figures = root / "figures"
+    trace(loaded, analysis, root / "trace", pathways=list(PAPER_PATHWAYS), ks=list(settings.ks))
+    options = FlowOptions()
+    if knockout_summary(root / "trace").startswith("  no traced"):
+        options = FlowOptions(min_p_full=None)
+    plot_flow(root / "trace", figures / "flow", options)
+    lines.append(
+        "knockout: mean change in the answer's probability (strict mode)\n" + knockout_summary(root / "trace")
+    )
+    chosen = attend_samples(samples, root / "eval" / "predictions.jsonl", settings.attend)
+    volcano_input = write_volcano_input(chosen, root / "volcano_input").input_json
+    run_volcano(loaded, volcano_input, root / "attend", volcano=True, max_new_tokens=settings.max_new_tokens)
+    lines.append(_volcano_summary(root / "attend"))
+    lines.extend(_attention_figures(root / "attend", figures / "attention"))
+    pointing = make_split(settings.pointing, DATA_SEED + 1)
+    lines.append(format_pointing(loaded.adapter.model_type, pointing_game(loaded, pointing)))
+    return lines
+
+
+def run_demo(
+    out_dir: str | Path, families: Sequence[str] = ("llava", "mllama"), settings: DemoSettings | None = None
+) -> Path:
+    """Run every workflow for each of ``families`` into ``out_dir``; returns ``summary.txt``."""
+    settings = settings or DemoSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    samples = make_split(settings.scenes, seed=DATA_SEED)
+    summary = [f"vistrace demo: {len(samples)} synthetic questions about coloured shapes"]
     for family in families:
         model_dir, what = _model_dir(family)
-        loaded = load(model_dir)
-        root = out / family
         summary.append(f"\n== {family}: {what} ({model_dir})")
-        evaluate(loaded, examples, root / "eval", dataset="vqav2", batch_size=8)
-        summary.append(score_run(root / "eval").format_table())
-        analysis = root / "analysis.jsonl"
-        built = build_analysis_set(root / "eval", analysis, per_category=per_category, seed=42)
-        summary.append(built.format_table())
-        if analysis.stat().st_size == 0:
-            summary.append("  no correct answers: tracing the model's own answers to every question instead")
-            build_analysis_set(
-                root / "eval", analysis, per_category=per_category, seed=42, correct_rule="score>=0"
-            )
-        if analysis.stat().st_size > 0:
-            trace(loaded, analysis, root / "trace", pathways=list(PAPER_PATHWAYS), ks=[3, 9])
-            plot_flow(root / "trace", root / "figures" / "flow", FlowOptions(min_p_full=None))
-            summary.append(
-                "knockout (mean change in answer probability):\n" + _knockout_summary(root / "trace")
-            )
-        run_volcano(loaded, volcano_input.input_json, root / "attend", volcano=True, max_new_tokens=24)
-        figures = root / "figures" / "attention"
-        try:
-            plot_avg_attention(root / "attend", figures)
-        except ValueError as error:
-            summary.append(f"  average map: {error}")
-        plot_text_heatmap(root / "attend", 0, figures)
-        plot_image_heatmap(root / "attend", 0, [], figures)
+        summary.extend(run_family(load(model_dir), samples, out / "data" / "vqav2", out / family, settings))
     summary.append(f"\ntook {time.perf_counter() - start:.0f} s; figures under {out}/<family>/figures")
     text = "\n".join(summary)
-    (out / "summary.txt").write_text(text + "\n")
+    (out / "summary.txt").write_text(text + "\n", encoding="utf-8")
     print(text)
     return out / "summary.txt"
