@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText
 
 from vistrace.adapters.mllama_vision import use_reference_vision_features
 from vistrace.capture import StageCapture, capture
+from vistrace.hook.plan import CaptureRecorder
 from vistrace.loading import LoadedModel, load
 from vistrace.plots.attention_maps import feature_raster, grid_canvas
 
@@ -225,3 +226,17 @@ def test_two_tile_mllama_grid_places_tiles_side_by_side(models: dict[str, Loaded
     values = np.arange(wide.num_features, dtype=float)
     assert grid_canvas(values, wide).tolist() == [[1, 2, 6, 7], [3, 4, 8, 9]]
     assert grid_canvas(values, tall).tolist() == [[1, 2], [3, 4], [6, 7], [8, 9]]
+
+
+def test_recorder_flushes_in_batches_without_reordering() -> None:
+    generator = torch.Generator().manual_seed(0)
+    calls = [(layer, torch.rand(2, 3, 5, generator=generator)) for _ in range(7) for layer in (4, 1)]
+    batched, single = CaptureRecorder(frozenset({1, 4}), flush_every=3), CaptureRecorder(frozenset({1, 4}))
+    for layer, weights in calls:
+        batched.record(layer, weights)
+        single.record(layer, weights)
+    assert len(batched._pending) == 14 % 3
+    stacked = batched.stacked()
+    assert stacked.shape == (7, 2, 2, 3, 5)
+    assert torch.equal(stacked, single.stacked())
+    assert torch.equal(stacked[6, :, 1], calls[-2][1])

@@ -39,18 +39,36 @@ class CaptureRecorder:
 
     `image_keys`: (B, N) absolute key positions of the image features for inline families, or None
     when every key of the captured layers is an image feature (cross-attention).
-    `rows[layer]` gets one (B, H, N) float32 CPU tensor per forward call.
+    `rows[layer]` gets one (B, H, N) float32 CPU tensor per forward call. Rows wait on the model's
+    device and are copied to the CPU `flush_every` at a time, so that a GPU run does not stop to
+    synchronise at every layer of every generated token.
     """
 
     layers: frozenset[int]
     image_keys: torch.Tensor | None = None
     rows: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    flush_every: int = 256
+    _pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
     def record(self, layer: int, weights: torch.Tensor) -> None:
-        self.rows.setdefault(layer, []).append(weights.detach().to("cpu", torch.float32))
+        self._pending.append((layer, weights.detach().float()))
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Copy the waiting rows to the CPU in one transfer."""
+        if not self._pending:
+            return
+        moved = torch.cat([weights.reshape(-1) for _, weights in self._pending]).cpu()
+        for (layer, weights), flat in zip(
+            self._pending, moved.split([w.numel() for _, w in self._pending]), strict=True
+        ):
+            self.rows.setdefault(layer, []).append(flat.view(weights.shape))
+        self._pending.clear()
 
     def stacked(self) -> torch.Tensor:
         """(calls, B, layers, H, N): every recorded call, layers in ascending order."""
+        self.flush()
         ordered = [torch.stack(self.rows[layer], dim=0) for layer in sorted(self.rows)]
         return torch.stack(ordered, dim=2)
 
