@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
+from typer.core import TyperGroup
 
 from vistrace import __version__
 
+
+class _Commands(TyperGroup):
+    """Reports the library's errors about the user's input (missing file, bad record, settings that
+    cannot work) as one `Error:` line and exit code 1; the traceback is logged with --verbose."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, OSError) as error:
+            self._report(error)
+        except Exception as error:
+            from vistrace.datasets import DatasetError
+
+            if not isinstance(error, DatasetError):
+                raise
+            self._report(error)
+
+    @staticmethod
+    def _report(error: Exception) -> NoReturn:
+        logging.getLogger("vistrace.cli").debug("traceback", exc_info=error)
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from error
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="vistrace",
     help="How a vision-language model uses the image: attention capture and attention-knockout flow.",
     no_args_is_help=True,
@@ -264,7 +290,7 @@ def eval_command(
     else:
         raise typer.BadParameter(f"unknown dataset {dataset!r}")
     for skipped in read.skipped:
-        logging.getLogger("vistrace.eval").warning("%s", skipped.reason)
+        logging.getLogger("vistrace.eval").warning("skipped %s", skipped.reason)
     summary = evaluate(
         _load(model, dtype, device, device_map),
         read.examples,
@@ -274,6 +300,7 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         seed=seed,
         limit=limit,
+        unreadable=read.skipped,
     )
     typer.echo(
         f"{summary.generated} generated, {summary.resumed} resumed, {summary.skipped} skipped -> {out}"

@@ -4,7 +4,8 @@
 
 - ``config.json``: the run settings; a later call with other settings refuses to resume;
 - ``predictions.jsonl``: one JSON object per answered example, appended and synced batch by batch;
-- ``skipped.jsonl``: one JSON object per example that could not be run in the latest call.
+- ``skipped.jsonl``: one JSON object per example that could not be run in the latest call, and
+  per record the dataset reader could not turn into an example (``unreadable``).
 
 Examples whose id is already in ``predictions.jsonl`` are not run again.
 """
@@ -27,7 +28,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vistrace import __version__
-from vistrace.datasets import DEFAULT_MAX_NEW_TOKENS, DatasetError, Example, example_prompt, load_image
+from vistrace.datasets import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DatasetError,
+    Example,
+    Skipped,
+    example_prompt,
+    load_image,
+)
 from vistrace.loading import LoadedModel
 from vistrace.roles import Prompt, render_prompt
 
@@ -373,6 +381,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     seed: int = 42,
     limit: int | None = None,
+    unreadable: Iterable[Skipped] = (),
 ) -> EvalSummary:
     """Answer ``examples`` (the first ``limit`` of them) with greedy generation into ``out_dir``.
 
@@ -382,7 +391,9 @@ def evaluate(
     ``batch_size`` are left padded. ``max_new_tokens`` defaults to 25 (VQAv2, Visual7W), 512
     (DocVQA and generic data). Examples already in ``out_dir/predictions.jsonl`` are skipped;
     ``ConfigMismatchError`` when ``out_dir/config.json`` holds other settings. Bad examples go to
-    ``skipped.jsonl`` with a reason and a logged warning; the run goes on.
+    ``skipped.jsonl`` with a reason and a logged warning; the run goes on. ``unreadable``: the
+    records the reader skipped (``ReadResult.skipped``), written to ``skipped.jsonl`` and counted
+    as skipped so that the file and the summary account for every record of the dataset.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -426,8 +437,9 @@ def evaluate(
             skipped_file.open("w", encoding="utf-8") as skip_handle,
             tqdm(total=len(todo), unit="sample", desc=f"eval {dataset}") as bar,
         ):
-            _write_lines(skip_handle, duplicates)
-            skipped = len(duplicates)
+            unread = [{"id": s.id, "source": s.source, "reason": _one_line(s.reason)} for s in unreadable]
+            _write_lines(skip_handle, [*unread, *duplicates])
+            skipped = len(unread) + len(duplicates)
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 skips: list[dict[str, Any]] = []
