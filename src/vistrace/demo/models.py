@@ -11,7 +11,7 @@ exactly as every vistrace command does.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from transformers.models.mllama.configuration_mllama import MllamaTextConfig, Ml
 
 from vistrace.adapters import Adapter
 from vistrace.adapters.mllama_vision import use_reference_vision_features
+from vistrace.datasets.prompts import vqav2_prompt
 from vistrace.demo.volcano_data import (
     DECISION_PROMPT,
     FEEDBACK_PROMPT,
@@ -91,6 +92,7 @@ def tokenizer_corpus(family: DemoFamily, seed: int) -> list[str]:
     """World sentences, Volcano turns and whole chat-template conversations, to train BPE on."""
     turns = volcano_training_set(make_split(300, seed + 7919), seed, p_wrong=0.5, contrast_decision=True)
     texts = corpus() + [text for turn in turns for text in (turn.prompt, turn.target)]
+    texts += [vqav2_prompt(turn.prompt) for turn in turns[:200]]
     draft = build_tokenizer(
         texts,
         style="llama2" if family == "llava" else "llama3",
@@ -287,14 +289,19 @@ def evaluate_answers(
     *,
     max_new_tokens: int = 8,
     progress: bool = False,
+    wrap: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    """Greedy accuracy on ``samples``: overall and per question kind (``is_correct`` matching)."""
+    """Greedy accuracy on ``samples``: overall and per question kind (``is_correct`` matching).
+
+    ``wrap`` turns a question into the user text asked (e.g. the paper's VQAv2 prompt); default: as is.
+    """
     correct = dict.fromkeys(QUESTION_KINDS, 0)
     total = dict.fromkeys(QUESTION_KINDS, 0)
     images: dict[int, Image.Image] = {}
     for sample in tqdm(samples, desc="evaluate", disable=not progress):
         image = images.setdefault(sample.scene.id, render(sample.scene))
-        answer = generate(model, processor, adapter, image, sample.qa.question, max_new_tokens)
+        prompt = sample.qa.question if wrap is None else wrap(sample.qa.question)
+        answer = generate(model, processor, adapter, image, prompt, max_new_tokens)
         kind = sample.qa.question_kind
         total[kind] += 1
         correct[kind] += int(is_correct(sample.qa, answer))

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import MllamaProcessor
 
 from vistrace.adapters import Adapter, get_adapter
+from vistrace.datasets.prompts import vqav2_prompt
 from vistrace.demo.models import (
     DEMO_FAMILIES,
     EVAL_SEED,
@@ -75,6 +76,7 @@ class TrainConfig:
     volcano_fraction: float = 0.0
     volcano_start: int = 0
     p_wrong: float = 0.5
+    vqa_prompt_fraction: float = 0.5
     volcano_turn_weights: tuple[float, float, float, float] = (0.45, 0.15, 0.3, 0.1)
     vision_steps: int = 800
     vision_batch_size: int = 64
@@ -86,7 +88,14 @@ class TrainConfig:
 
 
 DEFAULT_CONFIGS: dict[str, TrainConfig] = {
-    "llava": TrainConfig(family="llava", steps=2700, volcano_fraction=0.6, volcano_start=1000),
+    "llava": TrainConfig(
+        family="llava",
+        steps=3000,
+        vision_steps=1500,
+        volcano_fraction=0.6,
+        volcano_start=1000,
+        architecture=Architecture(text_layers=8),
+    ),
     "mllama": TrainConfig(family="mllama", architecture=Architecture(text_layers=10)),
 }
 
@@ -206,9 +215,11 @@ class ExampleStream:
     """Seeded batches drawn from a fixed training split (every question kind asked of every scene).
 
     A question kind is drawn with probability proportional to its weight in ``kind_weights``, then a
-    sample of that kind. From step ``volcano_start`` on, with probability ``volcano_fraction``, the
-    example is one of the sample's Volcano turns (feedback, revision, decision, contrast decision,
-    in proportion to ``volcano_turn_weights``), otherwise the plain question.
+    sample of that kind; a plain question is wrapped in the paper's VQAv2 prompt (what `vistrace
+    eval` asks) with probability ``vqa_prompt_fraction``. From step ``volcano_start`` on, with
+    probability ``volcano_fraction``, the example is one of the sample's Volcano turns (feedback,
+    revision, decision, contrast decision, in proportion to ``volcano_turn_weights``), otherwise
+    the plain question.
     """
 
     def __init__(self, config: TrainConfig, encoder: Encoder) -> None:
@@ -224,7 +235,8 @@ class ExampleStream:
 
     def _turn(self, sample: Sample, volcano: bool) -> tuple[str, str]:
         if not volcano or self.rng.random() >= self.config.volcano_fraction:
-            return sample.qa.question, sample.qa.answer
+            wrapped = self.rng.random() < self.config.vqa_prompt_fraction
+            return (vqav2_prompt(sample.qa.question) if wrapped else sample.qa.question), sample.qa.answer
         turns = volcano_turns(sample, self.rng, p_wrong=self.config.p_wrong, contrast_decision=True)
         weights = np.array(self.config.volcano_turn_weights)
         turn = turns[1 + int(self.rng.choice(len(weights), p=weights / weights.sum()))]
@@ -430,6 +442,7 @@ def run(config: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, A
     held_out = make_split(config.eval_scenes, EVAL_SEED)
     start = time.perf_counter()
     answers = evaluate_answers(model, processor, adapter, held_out, progress=progress)
+    vqa_answers = evaluate_answers(model, processor, adapter, held_out, progress=progress, wrap=vqav2_prompt)
     volcano = None
     if config.volcano_fraction > 0 and config.volcano_eval_samples > 0:
         volcano = evaluate_volcano(model, processor, adapter, held_out[: config.volcano_eval_samples])
@@ -439,6 +452,7 @@ def run(config: TrainConfig, out: Path, *, progress: bool = True) -> dict[str, A
         "training": log,
         "eval_seconds": round(time.perf_counter() - start, 1),
         "held_out": {"seed": EVAL_SEED, "scenes": config.eval_scenes, **answers},
+        "held_out_vqav2_prompt": vqa_answers,
         "volcano": volcano,
         "software": {
             "torch": torch.__version__,
@@ -490,8 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{config.family}: accuracy {held_out['accuracy']:.3f} on {held_out['questions']} held-out questions"
     )
+    wrapped = metrics["held_out_vqav2_prompt"]
+    print(f"  {'kind':<10} {'plain':>6} {'VQAv2 prompt':>13}")
     for kind, accuracy in held_out["accuracy_by_kind"].items():
-        print(f"  {kind:<10} {accuracy:.3f}")
+        print(f"  {kind:<10} {accuracy:6.3f} {wrapped['accuracy_by_kind'][kind]:13.3f}")
+    print(f"  {'overall':<10} {held_out['accuracy']:6.3f} {wrapped['accuracy']:13.3f}")
     print(f"saved to {out} ({metrics['training']['train_seconds']:.0f} s of training)")
     return 0
 
