@@ -64,4 +64,5 @@ def test_demo_runs_end_to_end_on_a_reduced_setting(tmp_path: Path, monkeypatch: 
         assert any(name.startswith("text_heatmap") for name in names), names
         assert any(name.startswith("image_heatmap") and name.endswith(".pdf") for name in names), names
         assert f"pointing game ({family})" in summary
-    assert "knockout" in summary and "Volcano loop" in summary
+        assert any(name.startswith("avg_attention") and name.endswith(".png") for name in names), names
+    assert "knockout" in summary and "Volcano loop" in summary and "Figure 5 drawn" in summary

@@ -346,11 +346,14 @@ def plot_avg_attention(
     out: Annotated[Path | None, typer.Option(help="Figure directory (default: RUN_DIR/figures).")] = None,
     pool: Annotated[str, typer.Option(help="top_k_mean, mean or max.")] = "top_k_mean",
     top_k: int = 3,
+    instances: Annotated[
+        str, typer.Option(help="adopted (the paper: revision adopted) or all (every instance with feedback).")
+    ] = "adopted",
 ) -> None:
     """Figure 5: average map of Initial vs Feedback over instances whose revision was adopted."""
     from vistrace.plots.attention import plot_avg_attention as draw
 
-    paths = draw(run_dir, out or run_dir / "figures", pool=pool, top_k=top_k)
+    paths = draw(run_dir, out or run_dir / "figures", pool=pool, top_k=top_k, instances=instances)
     typer.echo(f"{len(paths)} files written")
 
 

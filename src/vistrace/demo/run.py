@@ -118,8 +118,10 @@ def _attention_figures(attend_dir: Path, figures: Path) -> list[str]:
     notes = []
     try:
         plot_avg_attention(attend_dir, figures)
-    except ValueError as error:
-        notes.append(f"  average map (Figure 5) not drawn: {error}")
+        notes.append("  Figure 5 drawn over the instances whose revision was adopted")
+    except ValueError:
+        plot_avg_attention(attend_dir, figures, instances="all")
+        notes.append("  no revision was adopted: Figure 5 drawn over every instance instead")
     index, spans = _heatmap_instance(attend_dir)
     plot_text_heatmap(attend_dir, index, figures)
     plot_image_heatmap(attend_dir, index, spans, figures)

@@ -126,8 +126,11 @@ def plot_avg_attention(
     pool: str = "top_k_mean",
     top_k: int = 3,
     tokens: str = "top_l_mean",
+    instances: str = "adopted",
 ) -> list[Path]:
-    """Figure 5: Initial vs Feedback attention maps averaged over instances with an adopted revision.
+    """Figure 5: Initial vs Feedback attention maps averaged over instances with an adopted revision
+    (``instances="adopted"``, the paper's selection) or over every instance with a feedback stage
+    (``instances="all"``; the adopted round's feedback, else the first round's).
 
     Per instance and stage: `pool` over layers and heads (k = `top_k`), then `tokens` over tokens
     (l = the shorter of the two lengths without EOS), EOS dropped. Instances whose feature grids
@@ -137,17 +140,24 @@ def plot_avg_attention(
     """
     root, out = Path(run_dir), Path(out_dir)
     entries = [e for e in read_log(root)["entries"] if not e.get("skipped")]
-    adopted = [e for e in entries if e.get("adopted_round")]
-    if not adopted:
-        raise ValueError(
-            f"{root}: none of the {len(entries)} finished instances had its revision adopted; "
-            "the average map is taken over those"
-        )
+    if instances not in ("adopted", "all"):
+        raise ValueError(f"unknown instance selection {instances!r}; choose 'adopted' or 'all'")
+    if instances == "adopted":
+        adopted = [e for e in entries if e.get("adopted_round")]
+        if not adopted:
+            raise ValueError(
+                f"{root}: none of the {len(entries)} finished instances had its revision adopted; "
+                "the average map is taken over those (use instances='all' / --instances all for every one)"
+            )
+    else:
+        adopted = [e for e in entries if (root / e["dir"]).is_dir() and e.get("feedback")]
+        if not adopted:
+            raise ValueError(f"{root}: no finished instance has a feedback stage (was it run with the loop?)")
     maps: dict[str, list[np.ndarray]] = {"Initial": [], "Feedback": []}
     geometries = []
     for entry in adopted:
         stages = load_stages(root / entry["dir"])
-        initial, feedback = stages["initial"], stages[f"feedback_{entry['adopted_round']}"]
+        initial, feedback = stages["initial"], stages[f"feedback_{entry.get('adopted_round') or 1}"]
         top_l = shared_top_l(initial.content_tokens, feedback.content_tokens)
         maps["Initial"].append(stage_map(initial, pool, top_k, tokens, top_l))
         maps["Feedback"].append(stage_map(feedback, pool, top_k, tokens, top_l))
@@ -170,7 +180,8 @@ def plot_avg_attention(
         _bare(ax, canvas, norm, name)
     where = "" if same_layout else ", resampled to image coordinates"
     plural = "instance" if len(adopted) == 1 else "instances"
-    title = f"Attention to the image ({pool}); n = {len(adopted)} {plural} with the revision adopted{where}"
+    chosen = "with the revision adopted" if instances == "adopted" else "(all, adopted or not)"
+    title = f"Attention to the image ({pool}); n = {len(adopted)} {plural} {chosen}{where}"
     fig.suptitle(title, fontsize=11)
     _colorbar(fig, list(axes), norm, MAP_CMAP, "attention")
     stem = f"avg_attention_{pool}"
@@ -179,6 +190,7 @@ def plot_avg_attention(
         "pool": pool,
         "top_k": top_k,
         "tokens": tokens,
+        "instances_selected": instances,
         "n_instances": len(adopted),
         "instances": [int(e["index"]) for e in adopted],
         "same_layout": same_layout,
