@@ -220,8 +220,11 @@ def test_attend_volcano_resume_and_figures(
         result = _invoke("plot", "avg-attention", str(run), code=1)
         assert _error(result) == (
             f"Error: {run}: none of the 2 finished instances had its revision adopted; "
-            "the average map is taken over those"
+            "the average map is taken over those (use instances='all' / --instances all for every one)"
         )
+        _invoke("plot", "avg-attention", str(run), "--instances", "all", "--out", str(run / "all"))
+        numbers = json.loads((run / "all" / "avg_attention_top_k_mean.json").read_text())
+        assert numbers["instances_selected"] == "all" and numbers["n_instances"] == 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
