@@ -49,7 +49,7 @@ class DemoSettings:
     scenes: int = 40
     per_category: int = 4
     ks: tuple[int, ...] = (3, 9)
-    attend: int = 6
+    attend: int = 12
     pointing: int = 40
     max_new_tokens: int = 24
 
