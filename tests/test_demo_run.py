@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from vistrace.demo import run as demo_run
 from vistrace.demo.pointing import feature_map, layer_groups, overlaps, pointing_game
 from vistrace.demo.run import DemoSettings, run_demo
 from vistrace.demo.world import make_split
@@ -51,10 +50,7 @@ def test_pointing_game_counts_single_shape_questions(
     assert all(0 < score.chance < 1 for score in scores)
 
 
-def test_demo_runs_end_to_end_on_a_reduced_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        demo_run, "_model_dir", lambda family: (demo_run.resolve_model_dir(f"tiny:{family}"), "tiny")
-    )
+def test_demo_runs_end_to_end_on_a_reduced_setting(tmp_path: Path) -> None:
     settings = DemoSettings(scenes=3, per_category=1, ks=(3,), attend=1, pointing=2, max_new_tokens=4)
     summary = run_demo(tmp_path, ("llava", "mllama"), settings).read_text(encoding="utf-8")
     for family in ("llava", "mllama"):
@@ -65,4 +61,5 @@ def test_demo_runs_end_to_end_on_a_reduced_setting(tmp_path: Path, monkeypatch: 
         assert any(name.startswith("image_heatmap") and name.endswith(".pdf") for name in names), names
         assert f"pointing game ({family})" in summary
         assert any(name.startswith("avg_attention") and name.endswith(".png") for name in names), names
+    assert summary.count("trained demo model") == 2
     assert "knockout" in summary and "Volcano loop" in summary and "Figure 5 drawn" in summary
