@@ -394,6 +394,9 @@ def demo(
     """Every workflow on the built-in models: eval, score, build, trace, attend and all figures."""
     from vistrace.demo.run import run_demo
 
+    if family not in ("llava", "mllama", "both"):
+        message = f"unknown family {family!r}; choose llava, mllama or both"
+        raise typer.BadParameter(message, param_hint="--family")
     families = ["llava", "mllama"] if family == "both" else [family]
     typer.echo(run_demo(out, families))
 
