@@ -136,3 +136,12 @@ def test_training_script_runs(family: str, tmp_path: Path, capsys: pytest.Captur
     assert _safetensors_dtypes(out / "model.safetensors") == {"F16"}
     loaded = load(out)
     assert loaded.adapter.model_type == family
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    argv = ["--family", "llava", "--steps", "3", "--batch-size", "4", "--vision-steps", "2"]
+    argv += ["--train-scenes", "8", "--eval-scenes", "1", "--volcano-eval", "0", "--no-progress"]
+    for run in ("a", "b"):
+        assert main([*argv, "--out", str(tmp_path / run)]) == 0
+    first, second = ((tmp_path / run / "model.safetensors").read_bytes() for run in ("a", "b"))
+    assert first == second
