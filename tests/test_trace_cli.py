@@ -116,9 +116,12 @@ def test_export_and_plot_flow(tiny_models, tmp_path: Path) -> None:
     trace(
         tiny_models["mllama"], data, run, pathways=["image_to_last", "question_to_last"], ks=[3], mode="paper"
     )
-    for fmt in ("jsonl", "csv"):
+    for fmt in ("jsonl", "csv", "parquet"):
         assert export_results(run, run / f"out.{fmt}", fmt).stat().st_size > 0
     rows = [json.loads(line) for line in (run / "out.jsonl").read_text().splitlines()]
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(run / "out.parquet").to_pylist() == rows
     assert {r["pathway"] for r in rows} == {"image_to_last", "question_to_last"}
     assert all(len(r["probs"]) == 10 for r in rows)
     completed = subprocess.run(
