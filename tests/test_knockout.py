@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vistrace.hook.seam as seam_module
+import vistrace.knockout as knockout_module
 from vistrace.hook import Knockout, Plan, traced
 from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway, window_layers
 from vistrace.loading import LoadedModel
@@ -57,6 +58,67 @@ def test_fast_equals_naive(
         actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
         assert torch.all((actual - expected).abs() <= 1e-5 + 1e-4 * expected.abs()), pathway.name
     assert fast.layer_evaluations < naive.layer_evaluations
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["strict", "paper"])
+def test_fast_in_batches_of_one_window_equals_naive(
+    tiny_models: dict[str, LoadedModel], family: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch limit splits a sweep into several re-runs without changing any number."""
+    loaded = tiny_models[family]
+    prepared = _prepared(loaded)
+    runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
+    answer = [57, 88, 101]
+    naive = runner.run(prepared, answer, PATHWAYS, 3, "naive")
+    monkeypatch.setattr(knockout_module, "_ROWS_PER_CALL_PER_TOKEN", 0)
+    fast = runner.run(prepared, answer, PATHWAYS, 3, "fast")
+    for pathway in PATHWAYS:
+        expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
+        actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
+        assert torch.all((actual - expected).abs() <= 1e-5 + 1e-4 * expected.abs()), pathway.name
+
+
+def test_fast_starts_each_window_at_its_first_layer(tiny_models: dict[str, LoadedModel]) -> None:
+    """image_to_last with k = 1 on LLaVA: one clean pass, then window l re-runs the last row through
+    layers l … L-1 only."""
+    loaded = tiny_models["llava"]
+    prepared = _prepared(loaded)
+    n_layers = loaded.adapter.num_layers(loaded.model)
+    prompt_len = int(prepared.input_ids.shape[1])
+    result = KnockoutRunner(loaded).run(prepared, [57], [Pathway.parse("image_to_last")], 1, "fast")
+    reruns = sum(n_layers - first for first in range(n_layers))
+    assert result.layer_evaluations == n_layers * prompt_len + reruns
+
+
+@pytest.mark.parametrize("mode", ["strict", "paper"])
+def test_prefixed_attention_equals_explicit_attention(mode: str) -> None:
+    """Keys split into a prefix shared by the batch and per-element rows, with GQA, a causal mask,
+    blocked entries and fully blocked rows: both re-run forms equal attention over the whole keys."""
+    generator = torch.Generator().manual_seed(0)
+    batch, heads, kv_heads, q_len, shared, dim = 3, 4, 2, 17, 11, 8
+    k_len = shared + q_len
+    query = torch.randn(batch, heads, q_len, dim, generator=generator)
+    prefix = [torch.randn(1, kv_heads, shared, dim, generator=generator) for _ in range(2)]
+    own = [torch.randn(batch, kv_heads, q_len, dim, generator=generator) for _ in range(2)]
+    lowest = torch.finfo(torch.float32).min
+    mask = torch.zeros(1, 1, q_len, k_len)
+    mask[0, 0, :, shared:] = torch.triu(torch.full((q_len, q_len), lowest), diagonal=1)
+    blocked = torch.rand(batch, q_len, k_len, generator=generator) < 0.3
+    blocked[1, 4] = True  # a row with nothing left to attend to
+    blocked[2] = False
+    keys = torch.cat([prefix[0].expand(batch, -1, -1, -1), own[0]], dim=2)
+    values = torch.cat([prefix[1].expand(batch, -1, -1, -1), own[1]], dim=2)
+    parts = [(prefix[0], prefix[1]), (own[0], own[1])]
+    for block in (None, blocked):
+        expected, weights = seam_module.explicit_attention(
+            torch.nn.Module(), query, keys, values, mask, dim**-0.5, block, mode
+        )
+        opened, opened_weights = seam_module.prefixed_attention(query, parts, mask, dim**-0.5, block, mode)
+        fused = seam_module.fused_prefixed_attention(query, parts, mask, dim**-0.5, block, mode)
+        torch.testing.assert_close(opened, expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(opened_weights, weights, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(fused, expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,24 +1,28 @@
 """Attention knockout: block a pathway in a sliding window of layers and score the answer.
 
 Two strategies give the same numbers. `naive` runs one full forward per window per answer token,
-as the research code does. `fast` runs the sample once with a KV cache, then for every distinct set
-of affected layers recomputes only the rows that can change: a single row for `*_to_last`
-pathways, the rows from the first blocked position otherwise, batched over windows.
+as the research code does. `fast` runs the sample once (the image encoded once) and keeps that clean
+pass' keys, values and per-layer hidden states. Windows whose affected layers are the same are
+computed once. Each remaining window re-runs only what can change: the rows from the first row the
+pathway can change (a single row for `*_to_last`), from the window's first affected layer up,
+starting from the clean hidden states there and attending to the clean keys before those rows.
+Windows are batched, the batch growing as the layers go up. For a multi-token answer, an answer
+step re-runs only the rows whose blocked entries differ from the previous step's re-run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import DynamicCache
 
 from vistrace.adapters import PreparedPrompt
 from vistrace.hook import Knockout, Plan, traced
 from vistrace.hook.plan import KnockoutMode
 from vistrace.loading import LoadedModel
+from vistrace.rerun import CleanPass, RowState, clean_pass, rerun
 from vistrace.roles import Role, paper_roles, with_answer
 
 Strategy = Literal["fast", "naive"]
@@ -100,22 +104,6 @@ class _Sequence:
             mask = inputs["cross_attention_mask"]
             inputs["cross_attention_mask"] = torch.cat([mask, mask[:, -1:].expand(-1, extra, -1, -1)], dim=1)
         return inputs
-
-
-def _affected_layers(
-    pathway: Pathway, layers: range, roles: torch.Tensor, cross: frozenset[int]
-) -> frozenset[int]:
-    """Layers of `layers` where the pathway can block something for these roles."""
-    has_dst = bool((roles == pathway.dst).any())
-    has_src_key = bool((roles == pathway.src).any())
-    out = set()
-    for layer in layers:
-        if layer in cross:
-            if pathway.src == Role.IMAGE and has_dst:
-                out.add(layer)
-        elif has_src_key and has_dst:
-            out.add(layer)
-    return frozenset(out)
 
 
 def _answer_probability(logits: torch.Tensor, token: int, temperature: float) -> torch.Tensor:
@@ -216,113 +204,192 @@ class KnockoutRunner:
     # ----- fast -------------------------------------------------------------------------------
     def _fast(self, seq: _Sequence, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
         total = seq.prompt_len + len(seq.answer) - 1
-        embeds, clean = self._clean_run(seq, total)
+        plans = {p.name: _PathwayPlan.make(seq, p, self.cross, self.n_layers) for p in pathways}
+        starts = [e.start for plan in plans.values() for e in plan.schedule if e is not None]
+        decoder = self.model.get_decoder()
+        layers = list(decoder.layers)
+        clean_plan = self._plan(seq, len(seq.answer) - 1, 0, None, [])
+        clean = clean_pass(
+            layers,
+            lambda: self._forward(seq.model_inputs(total), clean_plan, use_cache=True),
+            min(starts, default=total),
+        )
         evaluations = self.n_layers * total
         p_steps = [
-            float(_answer_probability(clean.logits[:, seq.prompt_len - 1 + i], tok, self.temperature)[0])
+            _answer_probability(clean.logits[:, seq.prompt_len - 1 + i], tok, self.temperature).double().cpu()
             for i, tok in enumerate(seq.answer)
         ]
-        p_full = float(torch.tensor(p_steps, dtype=torch.float64).prod())
-        probs: dict[str, list[float]] = {}
+        p_full = float(torch.cat(p_steps).prod())
+        # Windows whose affected layers are the same give the same numbers: one batch element per set;
+        # pathways that re-run the same rows at every step share batches.
+        by_centre: dict[str, list[frozenset[int]]] = {}
+        groups: dict[tuple[_Step | None, ...], list[tuple[Pathway, frozenset[int]]]] = {}
         for pathway in pathways:
-            final_roles = seq.roles(len(seq.answer) - 1)
-            by_centre = [
-                _affected_layers(pathway, window_layers(c, k, self.n_layers), final_roles, self.cross)
-                for c in range(self.n_layers)
+            plan = plans[pathway.name]
+            sets = [
+                plan.affected(window_layers(c, k, self.n_layers), self.cross) for c in range(self.n_layers)
             ]
-            distinct = sorted({s for s in by_centre if s}, key=lambda s: (min(s), sorted(s)))
-            set_probs = torch.ones(len(distinct), dtype=torch.float64)
-            if distinct:
-                set_probs, spent = self._sweep_sets(seq, pathway, distinct, embeds, clean.past_key_values)
+            by_centre[pathway.name] = sets
+            groups.setdefault(plan.schedule, []).extend((pathway, s) for s in dict.fromkeys(sets) if s)
+        finish = _finisher(self.model, decoder)
+        value: dict[tuple[str, frozenset[int]], float] = {}
+        for schedule, elements in groups.items():
+            if not elements:
+                continue
+            elements.sort(key=lambda e: min(e[1]))
+            rows = max(seq.prompt_len + i - e.start for i, e in enumerate(schedule) if e is not None)
+            size = max(1, _ROWS_PER_CALL_PER_TOKEN * total // rows)
+            for first in range(0, len(elements), size):
+                chunk = elements[first : first + size]
+                probs, spent = self._sweep_chunk(seq, schedule, chunk, clean, finish, layers, p_steps)
                 evaluations += spent
-            value = dict(zip(distinct, set_probs.tolist(), strict=True))
-            probs[pathway.name] = [value[s] if s else p_full for s in by_centre]
-        return KnockoutResult(p_full, probs, seq.answer, evaluations)
+                for (pathway, layer_set), prob in zip(chunk, probs.tolist(), strict=True):
+                    value[(pathway.name, layer_set)] = prob
+        out = {p.name: [value[(p.name, s)] if s else p_full for s in by_centre[p.name]] for p in pathways}
+        return KnockoutResult(p_full, out, seq.answer, evaluations)
 
-    def _clean_run(self, seq: _Sequence, total: int) -> tuple[torch.Tensor, Any]:
-        """Run prompt + answer[:-1] once with a cache; capture the decoder's input embeddings."""
-        decoder = self.model.get_decoder()
-        seen: dict[str, torch.Tensor] = {}
-
-        def grab(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is None:
-                ids = kwargs.get("input_ids", args[0] if args else None)
-                embeds = module.get_input_embeddings()(ids)  # type: ignore[operator]
-            seen["embeds"] = embeds.detach()
-
-        handle = decoder.register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            plan = self._plan(seq, len(seq.answer) - 1, 0, None, [])
-            output = self._forward(seq.model_inputs(total), plan, use_cache=True)
-        finally:
-            handle.remove()
-        return seq_embeds_check(seen["embeds"], total), output
-
-    def _cache_prefix(self, cache: Any, upto: int, batch: int) -> DynamicCache:
-        """A new cache holding positions < `upto` of `cache` (image keys of cross layers whole), × batch."""
-        fresh = DynamicCache()
-        for index, layer in enumerate(cache.layers):
-            keys, values = layer.keys, layer.values
-            if index not in self.cross:
-                keys, values = keys[:, :, :upto], values[:, :, :upto]
-            if keys.shape[0] != batch:
-                keys, values = keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1)
-            fresh.update(keys.contiguous(), values.contiguous(), index)
-        return fresh
-
-    def _step(
+    def _sweep_chunk(
         self,
         seq: _Sequence,
-        embeds: torch.Tensor,
-        cache: DynamicCache,
-        start: int,
-        end: int,
-        plan: Plan,
-    ) -> Any:
-        """Run positions [start, end) for every batch element on top of `cache` (positions < start)."""
-        batch = plan.knockout.layers.shape[0] if plan.knockout is not None else 1
-        inputs: dict[str, Any] = {"inputs_embeds": embeds[:, start:end].expand(batch, -1, -1)}
-        if "cross_attention_mask" in seq.prepared.inputs:
-            mask = seq.model_inputs(end)["cross_attention_mask"][:, start:end]
-            inputs["cross_attention_mask"] = mask.expand(batch, -1, -1, -1)
-        return self._forward(inputs, plan, past_key_values=cache, use_cache=True)
-
-    def _sweep_sets(
-        self,
-        seq: _Sequence,
-        pathway: Pathway,
-        layer_sets: list[frozenset[int]],
-        embeds: torch.Tensor,
-        clean_cache: Any,
+        schedule: tuple[_Step | None, ...],
+        chunk: list[tuple[Pathway, frozenset[int]]],
+        clean: CleanPass,
+        finish: Callable[[torch.Tensor], torch.Tensor],
+        layers: list[torch.nn.Module],
+        p_steps: list[torch.Tensor],
     ) -> tuple[torch.Tensor, int]:
-        """(sets,) answer probabilities with the pathway blocked in each layer set, and the
-        decoder-layer × token evaluations spent."""
-        batch = len(layer_sets)
+        """(chunk,) answer probabilities of each (pathway, layer set), and the evaluations spent."""
+        batch = len(chunk)
         probs = torch.ones(batch, dtype=torch.float64)
-        blocked_cache: DynamicCache | None = None
+        layer_mask = torch.zeros(batch, self.n_layers, dtype=torch.bool)
+        for b, (_, layer_set) in enumerate(chunk):
+            layer_mask[b, sorted(layer_set)] = True
+        src = torch.tensor([int(p.src) for p, _ in chunk], dtype=torch.int8)
+        dst = torch.tensor([int(p.dst) for p, _ in chunk], dtype=torch.int8)
+        first_layers = [min(s) for _, s in chunk]
+        state: RowState | None = None
         spent = 0
-        for step, token in enumerate(seq.answer):
-            last = seq.prompt_len - 1 + step
-            roles = seq.roles(step)
-            if pathway.dst == Role.LAST:
-                start, base = last, self._cache_prefix(clean_cache, last, batch)
-            elif blocked_cache is not None:
-                start, base = last - 1, self._cache_prefix(blocked_cache, last - 1, batch)
-            else:
-                hits = torch.nonzero(roles == pathway.dst).flatten()
-                start = int(hits[0]) if len(hits) else last
-                base = self._cache_prefix(clean_cache, start, batch)
-            plan = self._plan(seq, step, start, pathway, layer_sets)
-            output = self._step(seq, embeds, base, start, last + 1, plan)
-            spent += batch * self.n_layers * (last + 1 - start)
-            if pathway.dst != Role.LAST and bool((roles[:last] == pathway.dst).any()):
-                blocked_cache = output.past_key_values
-            probs *= _answer_probability(output.logits[:, -1], token, self.temperature).double().cpu()
+        for step, (token, entry) in enumerate(zip(seq.answer, schedule, strict=True)):
+            if entry is None:
+                probs *= p_steps[step]
+                state = None
+                continue
+            length = seq.prompt_len + step
+            plan = Plan(
+                cross_layers=self.cross,
+                mode=self.mode,
+                knockout=Knockout(seq.roles(step)[None].expand(batch, -1), src, dst, layer_mask),
+                image_rows=seq.image_rows(length)[None].expand(batch, -1),
+            )
+            logits, state, used = rerun(
+                layers,
+                finish,
+                clean,
+                self.cross,
+                start=entry.start,
+                end=length,
+                first_layers=first_layers,
+                plan=plan,
+                reused=state if entry.reuse else None,
+            )
+            spent += used
+            probs *= _answer_probability(logits, token, self.temperature).double().cpu()
         return probs, spent
 
 
-def seq_embeds_check(embeds: torch.Tensor, total: int) -> torch.Tensor:
-    if embeds.shape[1] != total:
-        raise RuntimeError(f"captured {embeds.shape[1]} input embeddings, expected {total}")
-    return embeds
+# One batched re-run call holds at most this many rows (windows × rows) per position of the sequence,
+# which keeps a sweep's peak memory within a small multiple of one forward.
+_ROWS_PER_CALL_PER_TOKEN = 8
+
+
+def _finisher(model: Any, decoder: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Final norm and LM head: (B, hidden) last-row hidden states → (B, V) logits."""
+    head = model.get_output_embeddings()
+
+    def finish(hidden: torch.Tensor) -> torch.Tensor:
+        return head(decoder.norm(hidden))
+
+    return finish
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How the fast strategy re-runs one answer step of a pathway: rows `start` … last, on top of the
+    previous step's re-run rows when `reuse` (else on top of the clean pass)."""
+
+    start: int
+    reuse: bool
+
+
+@dataclass(frozen=True)
+class _PathwayPlan:
+    """Where a pathway can change anything in one sample, and the rows re-run at each answer step."""
+
+    self_hit: bool
+    cross_hit: bool
+    schedule: tuple[_Step | None, ...]
+
+    def affected(self, layers: range, cross: frozenset[int]) -> frozenset[int]:
+        """Layers of a window where the pathway blocks something that matters."""
+        return frozenset(i for i in layers if (self.cross_hit if i in cross else self.self_hit))
+
+    @classmethod
+    def make(cls, seq: _Sequence, pathway: Pathway, cross: frozenset[int], n_layers: int) -> _PathwayPlan:
+        """Rows before the first changed row of a step are the clean ones. Between consecutive steps only
+        the previous last row changes role, so when the first changed row stays put, the rows before
+        that row are those of the previous step's re-run, and so is that row when its blocked entries
+        stay the same."""
+        has_self = n_layers > len(cross)
+        has_cross = bool(cross) and pathway.src == Role.IMAGE
+        schedule: list[_Step | None] = []
+        held: int | None = None  # first row re-run at the previous step
+        self_hit = cross_hit = False
+        for step in range(len(seq.answer)):
+            self_rows, cross_rows = _changed_rows(seq, pathway, step, has_self, has_cross)
+            self_hit |= bool(self_rows.any())
+            cross_hit |= bool(cross_rows.any())
+            hits = torch.nonzero(self_rows | cross_rows).flatten()
+            if len(hits) == 0:
+                schedule.append(None)
+                held = None
+                continue
+            first = int(hits[0])
+            last = seq.prompt_len - 1 + step
+            entry = _Step(first, False)
+            if held == first:
+                row = last - 1
+                same = _row_pattern(seq, pathway, step, row, has_self, has_cross) == _row_pattern(
+                    seq, pathway, step - 1, row, has_self, has_cross
+                )
+                resume = last if same else row
+                if resume > first:
+                    entry = _Step(resume, True)
+            schedule.append(entry)
+            held = first
+        return cls(self_hit, cross_hit, tuple(schedule))
+
+
+def _changed_rows(
+    seq: _Sequence, pathway: Pathway, step: int, has_self: bool, has_cross: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S,) bool rows of answer step `step` where the pathway blocks an entry that matters, in
+    self-attention and in cross-attention layers. A self-attention key after its row is masked
+    anyway; in paper mode a cross-attention row kept away from the image is uniform anyway."""
+    roles = seq.roles(step)
+    dst = roles == pathway.dst
+    none = torch.zeros_like(dst)
+    self_rows = dst & (torch.cumsum((roles == pathway.src).int(), 0) > 0) if has_self else none
+    cross_rows = none
+    if has_cross:
+        cross_rows = dst & seq.image_rows(len(roles)) if seq.mode == "paper" else dst
+    return self_rows, cross_rows
+
+
+def _row_pattern(
+    seq: _Sequence, pathway: Pathway, step: int, row: int, has_self: bool, has_cross: bool
+) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """The entries of `row` the pathway blocks at answer step `step`: self-attention keys, cross rows."""
+    self_rows, cross_rows = _changed_rows(seq, pathway, step, has_self, has_cross)
+    roles = seq.roles(step)
+    keys = tuple((roles[: row + 1] == pathway.src).tolist()) if bool(self_rows[row]) else ()
+    return keys, (bool(cross_rows[row]),)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,6 +83,10 @@ class Plan:
     - `offset`: absolute position of the first query row of the current forward call.
     - `image_rows`: (B, S) bool, rows the processor lets see the image (Mllama's cross-attention
       mask); paper mode blocks the other rows of cross-attention layers instead of zeroing them.
+    - `prefix`: per layer, keys and values (1 or B, H_kv, P, D) of absolute positions 0 … P-1 that
+      come before the keys the attention module passes (all image keys of a cross-attention layer,
+      which then passes none). Lets a re-run of a few rows share the clean pass' keys across a batch
+      without copying them; the seam then computes every row of those layers in the open.
     """
 
     cross_layers: frozenset[int] = frozenset()
@@ -91,13 +95,16 @@ class Plan:
     capture: CaptureRecorder | None = None
     offset: int = 0
     image_rows: torch.Tensor | None = None
+    prefix: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def at_offset(self, offset: int) -> Plan:
         return dataclasses.replace(self, offset=offset)
 
     @property
     def is_empty(self) -> bool:
-        return self.knockout is None and self.capture is None and self.mode == "strict"
+        return (
+            self.knockout is None and self.capture is None and self.mode == "strict" and self.prefix is None
+        )
 
 
 _ACTIVE_PLAN: ContextVar[Plan | None] = ContextVar("vistrace_plan", default=None)

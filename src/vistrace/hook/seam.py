@@ -18,6 +18,8 @@ from vistrace.hook.plan import Plan, active_plan
 from vistrace.roles import Role
 
 SEAM_NAME = "vistrace"
+# A re-run call with at least this many query rows goes through sdpa; fewer rows are cheaper in the open.
+_FUSED_ROWS = 16
 
 
 def blocked_entries(
@@ -71,26 +73,115 @@ def explicit_attention(
     key = repeat_kv(key, n_rep)
     value = repeat_kv(value, n_rep)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    weights = _weights(scores, attention_mask, blocked, mode)
+    output = torch.matmul(weights.to(value.dtype), value)
+    return output.transpose(1, 2).contiguous(), weights
+
+
+def _weights(
+    scores: torch.Tensor, attention_mask: torch.Tensor | None, blocked: torch.Tensor | None, mode: str
+) -> torch.Tensor:
+    """Softmax weights (float32) of raw scores (B, H, Q, K) under the additive mask and the block."""
     if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+        attention_mask = attention_mask[:, :, :, : scores.shape[-1]]
+        scores = scores + attention_mask
     if blocked is None:
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    elif mode == "paper":
+        return torch.softmax(scores, dim=-1, dtype=torch.float32)
+    if mode == "paper":
         # The research code adds the most negative finite value; clamping keeps an already masked
         # entry at that value instead of overflowing to -inf, so a fully blocked row is uniform.
         lowest = torch.finfo(scores.dtype).min
         penalty = torch.where(blocked[:, None], lowest, 0.0).to(scores.dtype)
         scores = torch.clamp(scores + penalty, min=lowest)
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    else:
-        allowed = ~blocked[:, None]
-        if attention_mask is not None:
-            allowed = allowed & (attention_mask[:, :, :, : key.shape[-2]] > torch.finfo(scores.dtype).min / 2)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
-        weights = torch.where(allowed.any(dim=-1, keepdim=True), weights, 0.0)
-    output = torch.matmul(weights.to(value.dtype), value)
-    return output.transpose(1, 2).contiguous(), weights
+        return torch.softmax(scores, dim=-1, dtype=torch.float32)
+    allowed = ~blocked[:, None]
+    if attention_mask is not None:
+        allowed = allowed & (attention_mask > torch.finfo(scores.dtype).min / 2)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.where(allowed.any(dim=-1, keepdim=True), weights, 0.0)
+
+
+def prefixed_attention(
+    query: torch.Tensor,
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    blocked: torch.Tensor | None,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over keys given in consecutive parts, each (1 or B, H_kv, K_i, D), in the open.
+
+    A part of batch 1 is shared by every query row of the batch and is never copied per batch element
+    or per head: query heads are grouped onto their key head and the batch folded into the rows. Same
+    masking as `explicit_attention`; returns output (B, Q, H, D) and weights (B, H, Q, K) float32.
+    """
+    batch, heads, q_len, dim = query.shape
+    kv_heads = parts[0][0].shape[1]
+    rows = heads // kv_heads * q_len
+    grouped = query.reshape(batch, kv_heads, rows, dim)
+    parts = [(k, v) for k, v in parts if k.shape[2] > 0]
+    scores = torch.cat([_grouped_product(grouped, k.transpose(2, 3)) for k, _ in parts], dim=-1)
+    scores = scores.reshape(batch, heads, q_len, -1) * scaling
+    weights = _weights(scores, attention_mask, blocked, mode)
+    grouped_weights = weights.view(batch, kv_heads, rows, weights.shape[-1])
+    output: torch.Tensor | None = None
+    offset = 0
+    for k, v in parts:
+        chunk = grouped_weights[..., offset : offset + k.shape[2]].to(v.dtype)
+        term = _grouped_product(chunk, v)
+        output = term if output is None else output + term
+        offset += k.shape[2]
+    assert output is not None
+    return output.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), weights
+
+
+def fused_prefixed_attention(
+    query: torch.Tensor,
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    blocked: torch.Tensor | None,
+    mode: str,
+) -> torch.Tensor:
+    """`prefixed_attention` through sdpa, the block folded into the additive mask (no weights).
+
+    Gives the same numbers: in paper mode a blocked score x becomes x + lowest, clamped, which in the
+    open is lowest too (x is absorbed); in strict mode a blocked entry is -inf and a row left with
+    nothing to attend to is set to zero, as `explicit_attention` does. Faster than the open form
+    once a call has many query rows; the shared parts are expanded (copied) over the batch.
+    """
+    batch = query.shape[0]
+    keys = torch.cat([k.expand(batch, -1, -1, -1) for k, _ in parts], dim=2)
+    values = torch.cat([v.expand(batch, -1, -1, -1) for _, v in parts], dim=2)
+    mask = attention_mask[:, :, :, : keys.shape[2]] if attention_mask is not None else None
+    dead: torch.Tensor | None = None
+    if blocked is not None:
+        lowest = torch.finfo(query.dtype).min
+        if mask is None:
+            mask = torch.zeros(1, 1, *blocked.shape[1:], dtype=query.dtype, device=query.device)
+        if mode == "paper":
+            mask = torch.clamp(mask + torch.where(blocked[:, None], lowest, 0.0).to(mask.dtype), min=lowest)
+        else:
+            allowed = ~blocked[:, None] & (mask > lowest / 2)
+            mask = mask.masked_fill(~allowed, float("-inf"))
+            dead = ~allowed.any(dim=-1, keepdim=True)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True
+    )
+    if dead is not None:
+        output = torch.where(dead, 0.0, output)
+    return output.transpose(1, 2).contiguous()
+
+
+def _grouped_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left (B, H, M, N) @ right (1 or B, H, N, P) → (B, H, M, P); a shared `right` is not copied."""
+    if right.shape[0] == left.shape[0]:
+        return torch.matmul(left, right)
+    batch, heads, rows, inner = left.shape
+    folded = left.transpose(0, 1).reshape(heads, batch * rows, inner)
+    product = torch.matmul(folded, right[0])
+    return product.view(heads, batch, rows, -1).transpose(0, 1)
 
 
 def _last_row_weights(
@@ -123,22 +214,35 @@ def seam_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    blocked = blocked_entries(plan, layer, query.shape[2], key.shape[2], query.device)
     capture = plan.capture
     wants_capture = capture is not None and layer in capture.layers
-    output, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-    )
-    if blocked is None:
-        last_row = _last_row_weights(query, key, attention_mask, scale) if wants_capture else None
+    prefix = plan.prefix.get(layer) if plan.prefix is not None else None
+    last_row: torch.Tensor | None = None
+    if prefix is not None:
+        # A re-run of a few rows: keys = the shared prefix, then this call's own keys.
+        k_len = prefix[0].shape[2] + key.shape[2]
+        blocked = blocked_entries(plan, layer, query.shape[2], k_len, query.device)
+        parts = [prefix, (key, value)]
+        if query.shape[2] >= _FUSED_ROWS and not wants_capture:
+            output = fused_prefixed_attention(query, parts, attention_mask, scale, blocked, plan.mode)
+        else:
+            output, weights = prefixed_attention(query, parts, attention_mask, scale, blocked, plan.mode)
+            last_row = weights[:, :, -1] if wants_capture else None
     else:
-        blocked_output, weights = explicit_attention(
-            module, query, key, value, attention_mask, scale, blocked, plan.mode
+        blocked = blocked_entries(plan, layer, query.shape[2], key.shape[2], query.device)
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-        # Rows without a blocked entry keep sdpa's own numbers, so only the targeted rows change.
-        touched = blocked.any(dim=-1)[:, :, None, None]
-        output = torch.where(touched, blocked_output.to(output.dtype), output)
-        last_row = weights[:, :, -1] if wants_capture else None
+        if blocked is None:
+            last_row = _last_row_weights(query, key, attention_mask, scale) if wants_capture else None
+        else:
+            blocked_output, weights = explicit_attention(
+                module, query, key, value, attention_mask, scale, blocked, plan.mode
+            )
+            # Rows without a blocked entry keep sdpa's own numbers, so only the targeted rows change.
+            touched = blocked.any(dim=-1)[:, :, None, None]
+            output = torch.where(touched, blocked_output.to(output.dtype), output)
+            last_row = weights[:, :, -1] if wants_capture else None
     if capture is not None and last_row is not None:
         if capture.image_keys is not None:
             index = capture.image_keys.to(last_row.device)[:, None, :].expand(-1, last_row.shape[1], -1)
