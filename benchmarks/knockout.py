@@ -2,30 +2,38 @@
 
 (a) random Mllama: 40 layers, cross-attention at 3, 8, …, 38, hidden 256, 8 heads, 2 KV heads,
     intermediate 1024, one 224-px tile, a ~60-token prompt, a 2-token answer;
-(b) random LLaVA: 32 layers, 576 image positions (336 px, patch 14), small width.
-All four pathways, k = 9, CPU float32. Prints the time ratio and decoder-layer × token evaluations.
+(b) random LLaVA: 32 layers, 576 image positions (336 px, patch 14), hidden 128, the same question
+    and answer length.
+All four pathways, k = 9, CPU float32. Prints, per case, both wall times and their ratio, the
+decoder-layer × token evaluations of each strategy, and the largest |fast - naive| over every
+probability (p_full and every pathway × window); `--json PATH` writes the same numbers.
 
-    python benchmarks/knockout.py [--only mllama|llava] [--threads 2]
+    python benchmarks/knockout.py [--only mllama|llava] [--threads 2] [--mode paper|strict] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.knockout import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
 from vistrace.loading import load
 from vistrace.tiny import write_tiny_llava, write_tiny_mllama
 
 PROMPT = (
     "Look at the image carefully and answer this visual question. For yes/no questions, just respond Yes or "
-    "No. If the answer is numeric, just respond with the number. What color is the circle?"
+    "No. What color is the circle?"
 )
+ANSWER = [57, 88]
+K = 9
 
 
 def _image() -> Image.Image:
@@ -34,53 +42,96 @@ def _image() -> Image.Image:
     return image
 
 
-def bench(name: str, directory: Path, mode: str) -> None:
+def _worst(fast: KnockoutResult, naive: KnockoutResult) -> float:
+    worst = abs(fast.p_full - naive.p_full)
+    for name, values in fast.probs.items():
+        worst = max(worst, *(abs(a - b) for a, b in zip(values, naive.probs[name], strict=True)))
+    return worst
+
+
+def bench(case: str, directory: Path, mode: str) -> dict[str, Any]:
     loaded = load(directory)
     prepared = loaded.adapter.prepare(loaded.model, loaded.processor, _image(), PROMPT)
-    answer = [57, 88]
     pathways = [Pathway.parse(p) for p in PAPER_PATHWAYS]
     runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
-    runner.run(prepared, answer[:1], pathways[:1], 9, "fast")  # warm-up
-    timings = {}
-    results = {}
+    runner.run(prepared, ANSWER[:1], pathways[:1], K, "fast")  # warm-up
+    seconds: dict[str, float] = {}
+    results: dict[str, KnockoutResult] = {}
     for strategy in ("naive", "fast"):
         start = time.perf_counter()
-        results[strategy] = runner.run(prepared, answer, pathways, 9, strategy)
-        timings[strategy] = time.perf_counter() - start
-    worst = max(
-        abs(a - b)
-        for p in results["fast"].probs
-        for a, b in zip(results["fast"].probs[p], results["naive"].probs[p], strict=True)
-    )
+        results[strategy] = runner.run(prepared, ANSWER, pathways, K, strategy)
+        seconds[strategy] = time.perf_counter() - start
     naive, fast = results["naive"], results["fast"]
-    print(
-        f"{name} ({mode}): prompt {prepared.input_ids.shape[1]} tokens, answer {len(answer)} tokens\n"
-        f"  naive {timings['naive']:.2f} s, {naive.layer_evaluations} layer-token evaluations\n"
-        f"  fast  {timings['fast']:.2f} s, {fast.layer_evaluations} layer-token evaluations\n"
-        f"  speed-up {timings['naive'] / timings['fast']:.1f}x, evaluations ratio "
-        f"{naive.layer_evaluations / fast.layer_evaluations:.1f}x, max |fast - naive| {worst:.2g}"
+    return {
+        "case": case,
+        "mode": mode,
+        "layers": runner.n_layers,
+        "prompt_tokens": int(prepared.input_ids.shape[1]),
+        "answer_tokens": len(ANSWER),
+        "naive_s": seconds["naive"],
+        "fast_s": seconds["fast"],
+        "ratio": seconds["naive"] / seconds["fast"],
+        "naive_layer_evals": naive.layer_evaluations,
+        "fast_layer_evals": fast.layer_evaluations,
+        "evals_ratio": naive.layer_evaluations / fast.layer_evaluations,
+        "max_abs_diff": _worst(fast, naive),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        f"{'case':<34} {'naive s':>9} {'fast s':>8} {'ratio':>7} {'naive layer evals':>18} "
+        f"{'fast layer evals':>17} {'evals ratio':>11} {'max |fast-naive|':>17}"
     )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['case']:<34} {r['naive_s']:>9.2f} {r['fast_s']:>8.2f} {r['ratio']:>6.1f}x "
+            f"{r['naive_layer_evals']:>18,} {r['fast_layer_evals']:>17,} {r['evals_ratio']:>10.1f}x "
+            f"{r['max_abs_diff']:>17.2g}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", choices=["mllama", "llava"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["strict", "paper"], default="paper")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "mllama"):
             directory = write_tiny_mllama(
-                Path(tmp) / "mllama", num_layers=40, tile_size=224, max_num_tiles=1, hidden_size=256,
-                num_heads=8, num_kv_heads=2, intermediate_size=1024,
+                Path(tmp) / "mllama",
+                num_layers=40,
+                tile_size=224,
+                max_num_tiles=1,
+                hidden_size=256,
+                num_heads=8,
+                num_kv_heads=2,
+                intermediate_size=1024,
             )
-            bench("(a) Mllama 40 layers", directory, args.mode)
+            rows.append(bench("(a) Mllama, 40 layers", directory, args.mode))
         if args.only in (None, "llava"):
             directory = write_tiny_llava(
                 Path(tmp) / "llava", num_layers=32, image_size=336, patch_size=14, hidden_size=128
             )
-            bench("(b) LLaVA 32 layers, 576 image positions", directory, args.mode)
+            rows.append(bench("(b) LLaVA, 32 layers, 576 image pos.", directory, args.mode))
+    for r in rows:
+        print(
+            f"{r['case']}: {r['mode']} mode, prompt {r['prompt_tokens']} tokens, answer {r['answer_tokens']} "
+            f"tokens, k = {K}, all four pathways"
+        )
+    print(f"CPU float32, {args.threads} threads, torch {torch.__version__}")
+    print(table(rows))
+    if args.json is not None:
+        meta = {"threads": args.threads, "torch": torch.__version__, "machine": platform.machine(), "k": K}
+        args.json.write_text(json.dumps({"meta": meta, "cases": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
