@@ -10,7 +10,6 @@ exactly as every vistrace command does.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from vistrace.demo.world import (
     render,
 )
 from vistrace.tokenizer_build import LLAMA3_VISION_TEMPLATE, VICUNA_V1_TEMPLATE, build_tokenizer
+from vistrace.volcano import parse_decision
 
 DemoFamily = Literal["llava", "mllama"]
 DEMO_FAMILIES: tuple[DemoFamily, ...] = ("llava", "mllama")
@@ -66,7 +66,6 @@ IMAGE_SIZE = 64
 PATCH_SIZE = 16
 MAX_TILES = 2
 _IMAGE_TOKENS: dict[str, str] = {"llava": "<image>", "mllama": "<|image|>"}
-_OPTION = re.compile(r"(?<![A-Za-z0-9])([AB])(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -314,12 +313,6 @@ def evaluate_answers(
     }
 
 
-def parse_choice(text: str) -> str | None:
-    """The first standalone option letter (A or B) in ``text``, upper-case, or None."""
-    match = _OPTION.search(text)
-    return None if match is None else match.group(1).upper()
-
-
 def _round(
     model: Any, processor: Any, adapter: Adapter, image: Image.Image, sample: Sample, initial: str
 ) -> dict[str, bool]:
@@ -330,7 +323,7 @@ def _round(
     revision_prompt = REVISION_PROMPT.format(question=qa.question, outputs=initial, feedback=feedback)
     revision = generate(model, processor, adapter, image, revision_prompt, 8)
     decision_prompt = DECISION_PROMPT.format(question=qa.question, outputs=initial, revision=revision)
-    choice = parse_choice(generate(model, processor, adapter, image, decision_prompt, 4))
+    choice = parse_decision(generate(model, processor, adapter, image, decision_prompt, 4))
     initial_ok = is_correct(qa, initial)
     verdict = FEEDBACK_CORRECT if initial_ok else FEEDBACK_WRONG
     final = revision if choice == "B" else initial
