@@ -90,10 +90,11 @@ class TrainConfig:
 DEFAULT_CONFIGS: dict[str, TrainConfig] = {
     "llava": TrainConfig(
         family="llava",
-        steps=3000,
+        steps=2200,
         vision_steps=1500,
         volcano_fraction=0.6,
-        volcano_start=1000,
+        volcano_start=700,
+        vqa_prompt_fraction=0.3,
         architecture=Architecture(text_layers=8),
     ),
     "mllama": TrainConfig(family="mllama", architecture=Architecture(text_layers=10)),
