@@ -122,6 +122,23 @@ def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
     return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
 
 
+def _decoder_settings(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """The decoder config fields both families share: sizes, rotary settings, special tokens."""
+    return {
+        "hidden_size": arch.text_hidden,
+        "intermediate_size": 2 * arch.text_hidden,
+        "num_hidden_layers": arch.text_layers,
+        "num_attention_heads": arch.text_heads,
+        "num_key_value_heads": arch.text_kv_heads,
+        "max_position_embeddings": 512,
+        "rope_parameters": {"rope_type": "default", "rope_theta": arch.rope_theta},
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+
+
 def _build_llava(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> tuple[Any, Any]:
     vision = CLIPVisionConfig(
         hidden_size=arch.vision_hidden,
@@ -132,20 +149,7 @@ def _build_llava(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> tupl
         patch_size=PATCH_SIZE,
         projection_dim=arch.vision_hidden,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=arch.text_hidden,
-        intermediate_size=2 * arch.text_hidden,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_kv_heads,
-        max_position_embeddings=512,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    text = LlamaConfig(vocab_size=len(tokenizer), **_decoder_settings(arch, tokenizer))
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -190,18 +194,8 @@ def _build_mllama(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> tup
     )
     text = MllamaTextConfig(
         vocab_size=image_token_id,
-        hidden_size=arch.text_hidden,
-        intermediate_size=2 * arch.text_hidden,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        num_key_value_heads=arch.text_kv_heads,
         cross_attention_layers=list(range(3, arch.text_layers, 5)),
-        max_position_embeddings=512,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rope_theta},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        **_decoder_settings(arch, tokenizer),
     )
     model = MllamaForConditionalGeneration(
         MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id)
