@@ -63,16 +63,24 @@ def _model_dir(family: str) -> tuple[Path, str]:
         return resolve_model_dir(f"tiny:{family}"), "random tiny model (figures show no real behaviour)"
 
 
-def knockout_summary(run_dir: Path, min_p_full: float = 0.5) -> str:
-    """Which pathway and which layers matter most: per k and pathway, the largest mean drop in
-    answer probability over samples with ``p_full >= min_p_full`` and the window centre where it
-    happens; pathways sorted by that drop."""
-    changes: dict[int, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+Changes = dict[int, dict[str, list[np.ndarray]]]
+
+
+def changes_by_k(run_dir: Path, min_p_full: float = 0.5) -> Changes:
+    """Per k and pathway, the (L,) change curves of the samples with ``p_full >= min_p_full``."""
+    changes: Changes = defaultdict(lambda: defaultdict(list))
     for record in read_records(run_dir / "results.jsonl"):
         if record["p_full"] >= min_p_full:
             changes[record["k"]][record["pathway"]].append(
                 change_percent(record["p_full"], record["probs"], clip_increases=False)
             )
+    return changes
+
+
+def knockout_summary(changes: Changes, min_p_full: float = 0.5) -> str:
+    """Which pathway and which layers matter most: per k and pathway of ``changes`` (`changes_by_k`),
+    the largest mean drop in answer probability and the window centre where it happens; pathways
+    sorted by that drop."""
     if not changes:
         return f"  no traced sample has p_full >= {min_p_full}"
     lines = []
@@ -157,12 +165,10 @@ def run_family(
         )
     figures = root / "figures"
     trace(loaded, analysis, root / "trace", pathways=list(PAPER_PATHWAYS), ks=list(settings.ks))
-    options = FlowOptions()
-    if knockout_summary(root / "trace").startswith("  no traced"):
-        options = FlowOptions(min_p_full=None)
-    plot_flow(root / "trace", figures / "flow", options)
+    changes = changes_by_k(root / "trace")
+    plot_flow(root / "trace", figures / "flow", FlowOptions() if changes else FlowOptions(min_p_full=None))
     lines.append(
-        "knockout: mean change in the answer's probability (strict mode)\n" + knockout_summary(root / "trace")
+        "knockout: mean change in the answer's probability (strict mode)\n" + knockout_summary(changes)
     )
     chosen = attend_samples(samples, root / "eval" / "predictions.jsonl", settings.attend)
     volcano_input = write_volcano_input(chosen, root / "volcano_input").input_json
