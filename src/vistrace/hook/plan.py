@@ -48,7 +48,7 @@ class CaptureRecorder:
     image_keys: torch.Tensor | None = None
     rows: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     flush_every: int = 256
-    _pending: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    _pending: list[tuple[int, torch.Tensor]] = field(default_factory=list, init=False, repr=False)
 
     def record(self, layer: int, weights: torch.Tensor) -> None:
         self._pending.append((layer, weights.detach().float()))
