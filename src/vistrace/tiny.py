@@ -24,6 +24,7 @@ from transformers import (
     MllamaImageProcessorPil,
     MllamaProcessor,
     PreTrainedModel,
+    PreTrainedTokenizerFast,
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
 
@@ -61,6 +62,56 @@ def _randomize(model: PreTrainedModel, seed: int, std: float) -> None:
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
             else:
                 param.copy_(std * torch.randn(param.shape, generator=generator))
+
+
+def llava_config(
+    vision: CLIPVisionConfig, text: LlamaConfig, *, image_token_id: int, image_size: int, patch_size: int
+) -> LlavaConfig:
+    """LLaVA-1.5's wiring of a CLIP tower and a Llama decoder: features of the penultimate vision
+    layer, CLS dropped, a two-layer GELU projector; (image_size / patch_size)² inline positions."""
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=(image_size // patch_size) ** 2,
+        projector_hidden_act="gelu",
+    )
+
+
+def llava_processor(
+    tokenizer: PreTrainedTokenizerFast, *, image_size: int, patch_size: int
+) -> LlavaProcessor:
+    """LLaVA-1.5's processor at ``image_size``: pad to a square, resize, centre-crop; the Vicuna-v1
+    chat template."""
+    image_processor = LlavaImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        do_pad=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VICUNA_V1_TEMPLATE,
+    )
+
+
+def mllama_processor(
+    tokenizer: PreTrainedTokenizerFast, *, tile_size: int, max_tiles: int
+) -> MllamaProcessor:
+    """Llama-3.2-Vision's processor with ``tile_size``-px tiles (up to ``max_tiles``) and the Llama-3
+    chat template."""
+    image_processor = MllamaImageProcessorPil(
+        size={"height": tile_size, "width": tile_size}, max_image_tiles=max_tiles
+    )
+    return MllamaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=LLAMA3_VISION_TEMPLATE
+    )
 
 
 def write_tiny_llava(
@@ -104,32 +155,13 @@ def write_tiny_llava(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image_token_id,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=(image_size // patch_size) ** 2,
-        projector_hidden_act="gelu",
+    config = llava_config(
+        vision, text, image_token_id=image_token_id, image_size=image_size, patch_size=patch_size
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     _randomize(model, seed, std=0.2)
-    image_processor = LlavaImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        do_center_crop=True,
-        do_pad=True,
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=VICUNA_V1_TEMPLATE,
-    )
+    processor = llava_processor(tokenizer, image_size=image_size, patch_size=patch_size)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
@@ -195,12 +227,7 @@ def write_tiny_mllama(
     torch.manual_seed(seed)
     model = MllamaForConditionalGeneration(config)
     _randomize(model, seed, std=0.2)
-    image_processor = MllamaImageProcessorPil(
-        size={"height": tile_size, "width": tile_size}, max_image_tiles=max_num_tiles
-    )
-    processor = MllamaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=LLAMA3_VISION_TEMPLATE
-    )
+    processor = mllama_processor(tokenizer, tile_size=tile_size, max_tiles=max_num_tiles)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)

@@ -22,14 +22,9 @@ from tqdm.auto import tqdm
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaImageProcessorPil,
-    LlavaProcessor,
     MllamaConfig,
     MllamaForConditionalGeneration,
-    MllamaImageProcessorPil,
-    MllamaProcessor,
     PreTrainedTokenizerFast,
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
@@ -55,6 +50,7 @@ from vistrace.demo.world import (
     make_split,
     render,
 )
+from vistrace.tiny import llava_config, llava_processor, mllama_processor
 from vistrace.tokenizer_build import LLAMA3_VISION_TEMPLATE, VICUNA_V1_TEMPLATE, build_tokenizer
 from vistrace.volcano import parse_decision
 
@@ -150,29 +146,14 @@ def _build_llava(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> tupl
         projection_dim=arch.vision_hidden,
     )
     text = LlamaConfig(vocab_size=len(tokenizer), **_decoder_settings(arch, tokenizer))
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=_token_id(tokenizer, "<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
-        projector_hidden_act="gelu",
-    )
-    image_processor = LlavaImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        do_center_crop=True,
-        do_pad=True,
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
+    config = llava_config(
+        vision,
+        text,
+        image_token_id=_token_id(tokenizer, "<image>"),
+        image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=VICUNA_V1_TEMPLATE,
     )
+    processor = llava_processor(tokenizer, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
     return LlavaForConditionalGeneration(config), processor
 
 
@@ -201,12 +182,7 @@ def _build_mllama(arch: Architecture, tokenizer: PreTrainedTokenizerFast) -> tup
         MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id)
     )
     use_reference_vision_features(model)
-    image_processor = MllamaImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, max_image_tiles=MAX_TILES
-    )
-    processor = MllamaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=LLAMA3_VISION_TEMPLATE
-    )
+    processor = mllama_processor(tokenizer, tile_size=IMAGE_SIZE, max_tiles=MAX_TILES)
     return model, processor
 
 
