@@ -14,6 +14,7 @@ from PIL import Image
 
 import vistrace.volcano as volcano_module
 from vistrace.capture import StageCapture
+from vistrace.demo.run import _attention_figures
 from vistrace.loading import LoadedModel, load
 from vistrace.plots.attention import plot_avg_attention, plot_image_heatmap, plot_text_heatmap
 from vistrace.plots.attention_maps import find_span, parse_spans
@@ -112,10 +113,15 @@ def _stage(
     )
 
 
-def _fake_volcano(adopt: bool):  # type: ignore[no-untyped-def]
+def _fake_volcano(adopt: bool, silent_size: tuple[int, int] | None = None):
+    """A Volcano loop with fixed stages; on an image of ``silent_size`` the feedback is EOS alone."""
+
     def run(loaded: LoadedModel, image: Image.Image, question: str, **kwargs: Any) -> VolcanoResult:
         initial = _stage(loaded, image, ("▁A", "▁red", "▁car", ".", "</s>"), None)
-        feedback = _stage(loaded, image, FEEDBACK_TOKENS, SPAN_FEATURE)
+        silent = image.size == silent_size
+        feedback = _stage(
+            loaded, image, ("</s>",) if silent else FEEDBACK_TOKENS, None if silent else SPAN_FEATURE
+        )
         revision = _stage(loaded, image, ("▁A", "▁silver", "▁car", "</s>"), None)
         stages = {"initial": initial, "feedback_1": feedback, "revision_1": revision}
         return VolcanoResult(
@@ -139,6 +145,7 @@ def _run(
     sizes: list[tuple[int, int]],
     monkeypatch: pytest.MonkeyPatch,
     adopt: bool,
+    silent_size: tuple[int, int] | None = None,
 ) -> Path:
     directory.mkdir(parents=True)
     records = []
@@ -148,7 +155,7 @@ def _run(
             {"image_id": f"i{index}", "image_src": f"{index}.png", "question": "Q?", "gold_answer": "A"}
         )
     (directory / "input.json").write_text(json.dumps(records))
-    monkeypatch.setattr(volcano_module, "volcano_instance", _fake_volcano(adopt))
+    monkeypatch.setattr(volcano_module, "volcano_instance", _fake_volcano(adopt, silent_size))
     run_volcano(loaded, directory / "input.json", directory / "run", max_new_tokens=8)
     return directory / "run"
 
@@ -215,3 +222,28 @@ def test_average_needs_an_adopted_revision(
     with pytest.raises(ValueError, match="revision adopted"):
         plot_avg_attention(run_dir, tmp_path / "figures")
     _written(plot_text_heatmap(run_dir, 0, tmp_path / "figures"), {".png", ".pdf", ".html", ".json", ".csv"})
+
+
+def test_a_stage_without_tokens_is_skipped_or_named(
+    models: dict[str, LoadedModel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes = [(48, 32), (40, 40)]
+    run_dir = _run(models["llava"], tmp_path / "silent", sizes, monkeypatch, adopt=True, silent_size=(40, 40))
+    figures = tmp_path / "figures"
+    plot_avg_attention(run_dir, figures)
+    numbers = json.loads((figures / "avg_attention_top_k_mean.json").read_text())
+    assert numbers["instances"] == [0] and numbers["skipped_no_tokens"] == [1]
+    with pytest.raises(ValueError, match="feedback_1 stage generated no tokens"):
+        plot_image_heatmap(run_dir, 1, [], figures)
+    _written(plot_text_heatmap(run_dir, 1, figures), {".png", ".pdf", ".html", ".json", ".csv"})
+    notes = _attention_figures(run_dir, figures)
+    assert notes == [
+        "  Figure 5 drawn over the instances whose revision was adopted",
+        "  Figure 4 drawn for instance 0",
+    ]
+
+    only_silent = _run(
+        models["llava"], tmp_path / "only", [(40, 40)], monkeypatch, adopt=True, silent_size=(40, 40)
+    )
+    with pytest.raises(ValueError, match="generated no tokens"):
+        plot_avg_attention(only_silent, figures)

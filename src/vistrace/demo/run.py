@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,29 +109,44 @@ def attend_samples(samples: Sequence[Sample], predictions: Path, count: int) -> 
     return (wrong + right)[:count]
 
 
-def _heatmap_instance(attend_dir: Path) -> tuple[int, list[list[str]]]:
-    """The instance to draw Figure 4 for (the first with an adopted revision, else the first) and a
-    span of its feedback: the last answer word (colour, shape, count, position, yes/no) in it."""
-    entries = [e for e in read_log(attend_dir)["entries"] if not e.get("skipped")]
-    if not entries:
-        raise ValueError(f"{attend_dir}: no finished instance")
-    entry = next((e for e in entries if e.get("adopted_round")), entries[0])
-    index = int(entry["index"])
-    stages = load_stages(instance_dir(attend_dir, index))
+def _drawable(attend_dir: Path, entry: dict[str, Any]) -> bool:
+    """Whether the initial answer and the entry's feedback both generated tokens (EOS aside)."""
+    stages = load_stages(instance_dir(attend_dir, int(entry["index"])))
     feedback = stages.get(f"feedback_{entry.get('adopted_round') or 1}")
-    words = [t for t in (feedback.output_tokens if feedback else ()) if strip_mark(t).lower() in SPAN_WORDS]
+    return feedback is not None and bool(stages["initial"].content_tokens) and bool(feedback.content_tokens)
+
+
+def _heatmap_instance(attend_dir: Path) -> tuple[int, list[list[str]]] | None:
+    """The instance to draw Figure 4 for (the first drawable one with an adopted revision, else the
+    first drawable one) and a span of its feedback: the last answer word (colour, shape, count,
+    position, yes/no) in it; None when no instance has both stages non-empty."""
+    entries = [e for e in read_log(attend_dir)["entries"] if not e.get("skipped")]
+    drawable = [e for e in entries if _drawable(attend_dir, e)]
+    if not drawable:
+        return None
+    entry = next((e for e in drawable if e.get("adopted_round")), drawable[0])
+    index = int(entry["index"])
+    feedback = load_stages(instance_dir(attend_dir, index))[f"feedback_{entry.get('adopted_round') or 1}"]
+    words = [t for t in feedback.output_tokens if strip_mark(t).lower() in SPAN_WORDS]
     return index, [[words[-1]]] if words else []
 
 
 def _attention_figures(attend_dir: Path, figures: Path) -> list[str]:
+    entries = [e for e in read_log(attend_dir)["entries"] if not e.get("skipped")]
     notes = []
-    try:
+    adopted = [e for e in entries if e.get("adopted_round")]
+    if any(_drawable(attend_dir, e) for e in adopted):
         plot_avg_attention(attend_dir, figures)
         notes.append("  Figure 5 drawn over the instances whose revision was adopted")
-    except ValueError:
+    else:
         plot_avg_attention(attend_dir, figures, instances="all")
-        notes.append("  no revision was adopted: Figure 5 drawn over every instance instead")
-    index, spans = _heatmap_instance(attend_dir)
+        why = "no adopted revision has a non-empty feedback" if adopted else "no revision was adopted"
+        notes.append(f"  {why}: Figure 5 drawn over every instance instead")
+    chosen = _heatmap_instance(attend_dir)
+    if chosen is None:
+        notes.append("  Figure 4 not drawn: no instance has both an initial answer and a feedback")
+        return notes
+    index, spans = chosen
     plot_text_heatmap(attend_dir, index, figures)
     plot_image_heatmap(attend_dir, index, spans, figures)
     shown = f" with the span {spans[0][0]!r}" if spans else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,8 @@ from vistrace.plots.attention_maps import (
     token_maps,
 )
 from vistrace.pooling import shared_top_l, token_image_attention, tokens_top_l_mean
+
+logger = logging.getLogger(__name__)
 
 CLIP_QUANTILE = 0.995
 MAP_CMAP = "viridis"
@@ -155,13 +158,22 @@ def plot_avg_attention(
             raise ValueError(f"{root}: no finished instance has a feedback stage (was it run with the loop?)")
     maps: dict[str, list[np.ndarray]] = {"Initial": [], "Feedback": []}
     geometries = []
+    used, empty = [], []
     for entry in adopted:
         stages = load_stages(root / entry["dir"])
         initial, feedback = stages["initial"], stages[f"feedback_{entry.get('adopted_round') or 1}"]
+        if not initial.content_tokens or not feedback.content_tokens:
+            logger.warning("%s: instance %s skipped: a stage generated no tokens", root, entry["index"])
+            empty.append(int(entry["index"]))
+            continue
+        used.append(entry)
         top_l = shared_top_l(initial.content_tokens, feedback.content_tokens)
         maps["Initial"].append(stage_map(initial, pool, top_k, tokens, top_l))
         maps["Feedback"].append(stage_map(feedback, pool, top_k, tokens, top_l))
         geometries.append(initial.geometry)
+    if not used:
+        raise ValueError(f"{root}: every selected instance has a stage that generated no tokens")
+    adopted = used
     same_layout = len({layout_key(g) for g in geometries}) == 1
     if same_layout:
         averages = {name: np.mean(np.stack(values), axis=0) for name, values in maps.items()}
@@ -193,6 +205,7 @@ def plot_avg_attention(
         "instances_selected": instances,
         "n_instances": len(adopted),
         "instances": [int(e["index"]) for e in adopted],
+        "skipped_no_tokens": empty,
         "same_layout": same_layout,
         "maps": {name: _json_grid(canvas) for name, canvas in canvases.items()},
     }
@@ -367,6 +380,9 @@ def plot_image_heatmap(
     if feedback_name is None:
         raise ValueError(f"{directory}: no feedback stage (the run was made without the Volcano loop)")
     initial, feedback = stages["initial"], stages[feedback_name]
+    for name, stage in (("initial", initial), (feedback_name, feedback)):
+        if not stage.content_tokens:
+            raise ValueError(f"{directory}: the {name} stage generated no tokens (only EOS); nothing to draw")
     initial_tokens, feedback_tokens = token_maps(initial, pool, top_k), token_maps(feedback, pool, top_k)
     top_l = shared_top_l(initial.content_tokens, feedback.content_tokens)
     panels: dict[str, np.ndarray] = {
