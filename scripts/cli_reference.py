@@ -1,4 +1,7 @@
-"""Print the CLI reference (every command's --help) as Markdown: python scripts/cli_reference.py > docs/cli.md"""
+"""Print the CLI reference (every command's --help) as Markdown.
+
+COLUMNS=100 python scripts/cli_reference.py > docs/cli.md
+"""
 
 from __future__ import annotations
 

@@ -211,8 +211,8 @@ def test_vqav2_files_follow_the_official_structure(samples: list[Sample], tmp_pa
         image = tmp_path / "images" / f"COCO_val2014_{question['image_id']:012d}.jpg"
         assert image.exists()
     assert len(written.images) == len(_scenes(samples))
-    with Image.open(written.images[0]) as image:
-        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (64, 64)
+    with Image.open(written.images[0]) as opened:
+        assert opened.format == "JPEG" and opened.mode == "RGB" and opened.size == (64, 64)
     boxes = json.loads(written.boxes.read_text())
     assert set(boxes) == {str(sample.question_id) for sample in samples}
     first = boxes[str(samples[0].question_id)]

@@ -130,7 +130,7 @@ def test_strict_blocked_weights_are_exactly_zero(
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = seam_module.explicit_attention
 
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def recording(*args, **kwargs):
         output, weights = original(*args, **kwargs)
         seen.append((weights, args[6]))
         return output, weights
@@ -159,10 +159,10 @@ def _layer_io(loaded: LoadedModel, prepared, plan: Plan, layer: int) -> tuple[to
     decoder_layer = loaded.model.get_decoder().layers[layer]
     captured: dict[str, torch.Tensor] = {}
 
-    def pre(module, args, kwargs):  # type: ignore[no-untyped-def]
+    def pre(module, args, kwargs):
         captured["in"] = (args[0] if args else kwargs["hidden_states"]).clone()
 
-    def post(module, args, kwargs, output):  # type: ignore[no-untyped-def]
+    def post(module, args, kwargs, output):
         captured["out"] = (output[0] if isinstance(output, tuple) else output).clone()
 
     handles = [
@@ -215,7 +215,7 @@ def test_paper_mode_blocked_cross_row_is_uniform(
     seen: list[torch.Tensor] = []
     original = seam_module.explicit_attention
 
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def recording(*args, **kwargs):
         output, weights = original(*args, **kwargs)
         seen.append(weights)
         return output, weights

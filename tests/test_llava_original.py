@@ -253,11 +253,11 @@ def test_chat_template_is_byte_exact(loaded: tuple[LlavaForConditionalGeneration
 
 def test_processor_metadata(loaded: tuple[LlavaForConditionalGeneration, LlavaProcessor]) -> None:
     model, processor = loaded
-    assert processor.image_aspect_ratio == "pad"
+    assert processor.image_aspect_ratio == "pad"  # type: ignore[attr-defined]
     assert model.config.image_seq_length == N_PATCHES
     assert model.config.vision_feature_layer == -2
     assert model.config.vision_feature_select_strategy == "default"
-    assert model.config.text_config.rope_parameters["rope_theta"] == ROPE_THETA
+    assert model.config.get_text_config().rope_parameters["rope_theta"] == ROPE_THETA
     assert processor.tokenizer.pad_token == "<unk>"
     assert model.generation_config.suppress_tokens == [VOCAB]
 

@@ -51,7 +51,7 @@ def test_no_attention_above_the_diagonal(
     recorded: list[torch.Tensor] = []
     original = seam_module.explicit_attention
 
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def recording(*args, **kwargs):
         output, weights = original(*args, **kwargs)
         recorded.append(weights)
         return output, weights
