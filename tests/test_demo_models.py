@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,12 @@ from vistrace.demo.train import (
     Encoder,
     ExampleStream,
     answer_loss,
+    batch_loss,
     build,
     collate,
+    length_groups,
     main,
+    reference_loss,
     shared_prefix_length,
 )
 from vistrace.demo.world import make_split, render
@@ -65,6 +68,12 @@ def test_shipped_model_reaches_reported_accuracy(family: str) -> None:
     result = evaluate_answers(loaded.model, loaded.processor, loaded.adapter, samples)
     assert result["questions"] == 40
     assert result["accuracy"] >= reported["accuracy"] - ACCURACY_MARGIN
+
+
+@pytest.mark.parametrize("family", DEMO_FAMILIES)
+def test_shipped_model_was_trained_with_the_default_config(family: str) -> None:
+    metrics = json.loads((demo_model_dir(family) / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["config"] == json.loads(json.dumps(asdict(DEFAULT_CONFIGS[family])))
 
 
 def test_demo_model_dir_names_the_training_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -120,6 +129,42 @@ def test_shared_prefix_loss_equals_full_forward() -> None:
     for name, param in model.named_parameters():
         if param.grad is not None:
             assert torch.allclose(shared_grads[name], param.grad, atol=1e-5), name
+
+
+@pytest.mark.parametrize("family", DEMO_FAMILIES)
+def test_grouped_loss_equals_one_padded_batch(family: str) -> None:
+    config = replace(
+        DEFAULT_CONFIGS[family], train_scenes=32, volcano_fraction=0.5, volcano_start=0, batch_size=32
+    )
+    model, processor = build(config)
+    model.set_attn_implementation("eager")
+    examples = ExampleStream(config, Encoder(processor, get_adapter(model))).batch(0)
+    lengths = [ex.inputs["input_ids"].shape[1] + len(ex.target_ids) for ex in examples]
+    assert len(length_groups(lengths)) > 1, "the batch should split into groups"
+    pad = int(processor.tokenizer.pad_token_id)
+    grouped = batch_loss(model, examples, pad)
+    grouped.backward()
+    grouped_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.set_attn_implementation("sdpa")
+    reference = reference_loss(model, examples, pad)
+    reference.backward()
+    assert torch.allclose(grouped, reference, atol=1e-6)
+    assert grouped_grads.keys() == {name for name, p in model.named_parameters() if p.grad is not None}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            assert torch.allclose(grouped_grads[name], param.grad, atol=1e-5), name
+
+
+def test_length_groups_cover_every_row_and_cut_padding() -> None:
+    lengths = [20, 98, 22, 97, 21, 98, 60, 22]
+    groups = length_groups(lengths, overhead=0)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    padded = sum(len(group) * max(lengths[i] for i in group) for group in groups)
+    assert padded < len(lengths) * max(lengths)
+    assert all(max(lengths[i] for i in group) - min(lengths[i] for i in group) <= 2 for group in groups)
+    assert length_groups([50] * 4) == [[0, 1, 2, 3]]
+    assert length_groups([10, 90], overhead=10_000) == [[0, 1]]
 
 
 @pytest.mark.parametrize("family", DEMO_FAMILIES)

@@ -194,22 +194,76 @@ def shared_prefix_length(model: Any, input_ids: torch.Tensor) -> int:
     return int(same.long().cumprod(dim=0).sum())
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next-token predictions at the labelled positions.
+def answer_loss(
+    model: Any, batch: dict[str, torch.Tensor], labels: torch.Tensor, *, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of the next-token predictions at the labelled positions (mean or sum).
 
     For LLaVA the prefix that every row shares (BOS, system line, ``USER:``) runs once and its
     keys/values are repeated over the batch: the same loss and gradients for about half the work.
     """
     prefix = shared_prefix_length(model, batch["input_ids"])
     if prefix < 2:
-        logits = model(**batch).logits[:, :-1]
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten())
-    ids = batch["input_ids"]
-    cache = model.model.language_model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
-    cache.batch_repeat_interleave(ids.shape[0])
-    rest = {**batch, "input_ids": ids[:, prefix:]}
-    logits = model(**rest, past_key_values=cache, use_cache=True).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, prefix + 1 :].flatten())
+        prefix, cache, inputs = 0, None, batch
+    else:
+        ids = batch["input_ids"]
+        cache = model.model.language_model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
+        inputs = {**batch, "input_ids": ids[:, prefix:]}
+    # Only the positions that predict a label in some row go through the LM head.
+    keep = (labels[:, prefix + 1 :] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    logits = model(**inputs, past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep).logits
+    targets = labels[:, prefix + 1 + keep]
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction
+    )
+
+
+def length_groups(lengths: Sequence[int], max_groups: int = 3, overhead: int = 512) -> list[list[int]]:
+    """Indices of ``lengths`` in at most ``max_groups`` groups of similar length, chosen to minimise
+    the padded tokens of the groups' batches plus ``overhead`` tokens per extra forward pass.
+
+    Questions wrapped in the VQAv2 prompt are about twice as long as plain ones; one right-padded
+    batch of both spends ~40% of its work on padding.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sorted_lengths = [lengths[i] for i in order]
+    n = len(order)
+    inf = float("inf")
+    # best[g][j]: least cost of the first j sorted rows in g groups; cut[g][j]: where its last group starts.
+    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for groups in range(1, max_groups + 1):
+        for end in range(1, n + 1):
+            for start in range(end):
+                cost = best[groups - 1][start] + (end - start) * sorted_lengths[end - 1] + overhead
+                if cost < best[groups][end]:
+                    best[groups][end], cut[groups][end] = cost, start
+    groups = min(range(1, max_groups + 1), key=lambda g: best[g][n])
+    bounds, end = [], n
+    for g in range(groups, 0, -1):
+        bounds.append((cut[g][end], end))
+        end = cut[g][end]
+    return [order[start:end] for start, end in reversed(bounds) if end > start]
+
+
+def batch_loss(model: Any, examples: Sequence[Example], pad_id: int) -> torch.Tensor:
+    """Mean cross-entropy over every target token of ``examples``: the loss of one padded batch of
+    them, computed over groups of similar length (`length_groups`) to skip most of the padding."""
+    targets = sum(len(example.target_ids) for example in examples)
+    total = torch.zeros(())
+    for group in length_groups([ex.inputs["input_ids"].shape[1] + len(ex.target_ids) for ex in examples]):
+        batch, labels = collate([examples[i] for i in group], pad_id)
+        total = total + answer_loss(model, batch, labels, reduction="sum")
+    return total / targets
+
+
+def reference_loss(model: Any, examples: Sequence[Example], pad_id: int) -> torch.Tensor:
+    """`batch_loss` the slow, plain way: one right-padded batch, one full forward, logits everywhere."""
+    batch, labels = collate(examples, pad_id)
+    logits = model(**batch).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten())
 
 
 class ExampleStream:
@@ -394,6 +448,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> tuple[Any, Any, dict
             False
         )
     stream = ExampleStream(config, Encoder(processor, get_adapter(model)))
+    attention = model.config._attn_implementation
+    # At these sequence lengths (< 200) eager attention trains ~10% faster on CPU than SDPA.
+    model.set_attn_implementation("eager")
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -406,7 +463,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> tuple[Any, Any, dict
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config)
-        loss = answer_loss(model, *collate(stream.batch(step), pad_id))
+        loss = batch_loss(model, stream.batch(step), pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -415,6 +472,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> tuple[Any, Any, dict
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     model.eval()
+    model.set_attn_implementation(attention)
     log = {
         "vision_seconds": round(vision_seconds, 1),
         "vision_probe_accuracy": probe_accuracy,
