@@ -82,24 +82,32 @@ def _weights(
     scores: torch.Tensor, attention_mask: torch.Tensor | None, blocked: torch.Tensor | None, mode: str
 ) -> torch.Tensor:
     """Softmax weights (float32) of raw scores (B, H, Q, K) under the additive mask and the block."""
+    scores, dead = _masked_scores(scores, attention_mask, blocked, mode)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return weights if dead is None else torch.where(dead, 0.0, weights)
+
+
+def _masked_scores(
+    scores: torch.Tensor, attention_mask: torch.Tensor | None, blocked: torch.Tensor | None, mode: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores (B or 1, H or 1, Q, K) plus the additive mask, with the blocked entries (B, Q, K) taken out
+    as ``mode`` says; and, in strict mode, the rows (B, 1, Q, 1) left with nothing to attend to (their
+    weights must be zero), else None."""
     if attention_mask is not None:
         attention_mask = attention_mask[:, :, :, : scores.shape[-1]]
         scores = scores + attention_mask
     if blocked is None:
-        return torch.softmax(scores, dim=-1, dtype=torch.float32)
+        return scores, None
+    lowest = torch.finfo(scores.dtype).min
     if mode == "paper":
         # The research code adds the most negative finite value; clamping keeps an already masked
         # entry at that value instead of overflowing to -inf, so a fully blocked row is uniform.
-        lowest = torch.finfo(scores.dtype).min
         penalty = torch.where(blocked[:, None], lowest, 0.0).to(scores.dtype)
-        scores = torch.clamp(scores + penalty, min=lowest)
-        return torch.softmax(scores, dim=-1, dtype=torch.float32)
+        return torch.clamp(scores + penalty, min=lowest), None
     allowed = ~blocked[:, None]
     if attention_mask is not None:
-        allowed = allowed & (attention_mask > torch.finfo(scores.dtype).min / 2)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    return torch.where(allowed.any(dim=-1, keepdim=True), weights, 0.0)
+        allowed = allowed & (attention_mask > lowest / 2)
+    return scores.masked_fill(~allowed, float("-inf")), ~allowed.any(dim=-1, keepdim=True)
 
 
 def prefixed_attention(
@@ -154,18 +162,11 @@ def fused_prefixed_attention(
     batch = query.shape[0]
     keys = torch.cat([k.expand(batch, -1, -1, -1) for k, _ in parts], dim=2)
     values = torch.cat([v.expand(batch, -1, -1, -1) for _, v in parts], dim=2)
-    mask = attention_mask[:, :, :, : keys.shape[2]] if attention_mask is not None else None
+    mask: torch.Tensor | None = None
     dead: torch.Tensor | None = None
-    if blocked is not None:
-        lowest = torch.finfo(query.dtype).min
-        if mask is None:
-            mask = torch.zeros(1, 1, *blocked.shape[1:], dtype=query.dtype, device=query.device)
-        if mode == "paper":
-            mask = torch.clamp(mask + torch.where(blocked[:, None], lowest, 0.0).to(mask.dtype), min=lowest)
-        else:
-            allowed = ~blocked[:, None] & (mask > lowest / 2)
-            mask = mask.masked_fill(~allowed, float("-inf"))
-            dead = ~allowed.any(dim=-1, keepdim=True)
+    if blocked is not None or attention_mask is not None:
+        zeros = torch.zeros(1, 1, query.shape[2], keys.shape[2], dtype=query.dtype, device=query.device)
+        mask, dead = _masked_scores(zeros, attention_mask, blocked, mode)
     output = torch.nn.functional.scaled_dot_product_attention(
         query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True
     )
