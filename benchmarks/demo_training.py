@@ -30,6 +30,7 @@ from vistrace.demo.train import (
     ExampleStream,
     batch_loss,
     build,
+    freeze_vision,
     reference_loss,
 )
 
@@ -53,7 +54,7 @@ def measure(family: str, steps: int) -> dict[str, float]:
     config = replace(DEFAULT_CONFIGS[family], train_scenes=2000)
     model, processor = build(config)
     model.train()
-    (model.model.vision_tower if family == "llava" else model.model.vision_model).requires_grad_(False)
+    freeze_vision(model)
     stream = ExampleStream(config, Encoder(processor, get_adapter(model)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     pad = int(processor.tokenizer.pad_token_id)

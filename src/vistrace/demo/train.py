@@ -313,6 +313,13 @@ class ExampleStream:
         return examples
 
 
+def freeze_vision(model: Any) -> None:
+    """Stop training the vision tower (LLaVA's CLIP tower, Mllama's vision model)."""
+    (
+        model.model.vision_tower if model.config.model_type == "llava" else model.model.vision_model
+    ).requires_grad_(False)
+
+
 def vision_features(model: Any, pixels: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, GRID², D) features of the first tile's patch grid as the decoder receives them (unprojected)."""
     if model.config.model_type == "llava":
@@ -445,9 +452,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> tuple[Any, Any, dict
     )
     vision_seconds = time.perf_counter() - start
     if config.freeze_vision:
-        (model.model.vision_tower if config.family == "llava" else model.model.vision_model).requires_grad_(
-            False
-        )
+        freeze_vision(model)
     stream = ExampleStream(config, Encoder(processor, get_adapter(model)))
     attention = model.config._attn_implementation
     # At these sequence lengths (< 200) eager attention trains ~10% faster on CPU than SDPA.
