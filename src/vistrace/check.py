@@ -1,4 +1,5 @@
-"""`vistrace check`: the seam's invariants on the user's own model, with a synthetic image."""
+"""`vistrace check`: the contracts with the installed transformers, then the seam's invariants on the
+user's own model, with a synthetic image."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw
 
+from vistrace import compat
+from vistrace.adapters import PreparedPrompt
 from vistrace.adapters.mllama_vision import vision_convention_report
 from vistrace.hook import CaptureRecorder, Knockout, Plan, traced
+from vistrace.hook.seam import SEAM_NAME, seam_attention
 from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
 from vistrace.loading import LoadedModel
 from vistrace.roles import Role
@@ -17,9 +21,14 @@ from vistrace.roles import Role
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One line of `vistrace check`: a contract with transformers or an invariant of the seam."""
+
     name: str
     passed: bool
     detail: str
+    kind: str = "check"
+    # A broken contract with transformers: the invariants are not run, their numbers would mean nothing.
+    broken_contract: bool = False
 
 
 def synthetic_image(width: int = 96, height: int = 64) -> Image.Image:
@@ -30,12 +39,85 @@ def synthetic_image(width: int = 96, height: int = 64) -> Image.Image:
     return image
 
 
+def run_contracts(loaded: LoadedModel) -> tuple[list[CheckResult], PreparedPrompt | None]:
+    """Every contract with the installed transformers (`vistrace.compat`) as a `CheckResult`, and the
+    synthetic prompt they were probed on (None when the processor broke its contract)."""
+    model, adapter = loaded.model, loaded.adapter
+    results = [
+        CheckResult(status.name, status.ok, status.detail, "contract", not status.ok)
+        for status in compat.static_contracts(model, SEAM_NAME, seam_attention)
+    ]
+    prepared: list[PreparedPrompt] = []
+
+    def processor_outputs() -> str:
+        prepared.append(
+            adapter.prepare(model, loaded.processor, synthetic_image(), "What color is the circle?")
+        )
+        names = ", ".join(sorted(prepared[0].inputs))
+        return f"{names}; image token {adapter.image_token_id(model)}"
+
+    def output_cache() -> str:
+        inputs = {k: v.to(loaded.device) for k, v in prepared[0].inputs.items()}
+        with torch.no_grad(), traced(model, Plan()):
+            output = model(**inputs, use_cache=True)
+        field = compat.output_cache_field(output)
+        keys, _ = compat.cache_tensors(output[field], adapter.num_layers(model))
+        return f"output.{field}; cache.layers[i].keys {tuple(keys[0].shape)}"
+
+    def rerun() -> str:
+        # One fast sweep drives the decoder layers by hand: the cache they are given must be the one
+        # they update, every argument they get must be sliceable, and norm + head must give the logits.
+        runner = KnockoutRunner(loaded, mode="strict")
+        runner.run(prepared[0], [0], [Pathway.parse("last_to_last")], 1, "fast")
+        return "cache update, decoder-layer arguments, final norm and head"
+
+    def vision_convention() -> str:
+        if adapter.model_type != "mllama":
+            return "not applicable"
+        report = vision_convention_report(model)
+        if not report["matches_reference"]:
+            raise compat.TransformersContractError(
+                "Mllama vision features", f"intermediate features follow {report['installed_convention']}"
+            )
+        fixed = ", reference restored" if report["fix_needed"] else ""
+        return f"installed {report['installed_convention']}{fixed}"
+
+    probes: list[tuple[str, Callable[[], str]]] = [
+        ("processor outputs", processor_outputs),
+        ("model output cache and layout", output_cache),
+        ("re-run of decoder layers", rerun),
+        ("Mllama vision features", vision_convention),
+    ]
+    for name, probe in probes:
+        broken = [r.name for r in results if r.broken_contract]
+        if broken and name != "Mllama vision features":
+            results.append(CheckResult(name, False, f"not probed: {broken[0]} failed", "contract", True))
+            continue
+        try:
+            results.append(CheckResult(name, True, probe(), "contract"))
+        except compat.TransformersContractError as error:
+            results.append(CheckResult(name, False, _one_line(error), "contract", True))
+        except Exception as error:  # e.g. a fault of the seam itself: the invariants below locate it
+            results.append(CheckResult(name, False, _one_line(error), "contract"))
+    return results, (prepared[0] if prepared else None)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error)
+    if not isinstance(error, compat.TransformersContractError):
+        text = f"{type(error).__name__}: {error}"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResult]:
-    """Every invariant as a `CheckResult`; a check that raises is reported as failed."""
+    """Every contract, then every invariant, as `CheckResult`s; a check that raises is reported as
+    failed. When transformers breaks a contract, no invariant is run: its numbers would mean nothing."""
+    contracts, prepared = run_contracts(loaded)
+    if prepared is None or any(result.broken_contract for result in contracts):
+        return contracts
     model, adapter = loaded.model, loaded.adapter
     dtype = next(model.parameters()).dtype
     tol = atol if atol is not None else (1e-4 if dtype == torch.float32 else 2e-2)
-    prepared = adapter.prepare(model, loaded.processor, synthetic_image(), "What color is the circle?")
     inputs = {k: v.to(loaded.device) for k, v in prepared.inputs.items()}
     cross = adapter.cross_layers(model)
     n_layers = adapter.num_layers(model)
@@ -109,13 +191,6 @@ def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResu
         )
         return f"{geometry.num_features} image features in {len(recorder.rows)} layers"
 
-    def vision_convention() -> str:
-        if adapter.model_type != "mllama":
-            return "not applicable"
-        report = vision_convention_report(model)
-        assert report["matches_reference"], f"vision features follow {report['installed_convention']}"
-        return f"installed {report['installed_convention']}, reference restored"
-
     def fast_equals_naive() -> str:
         runner = KnockoutRunner(loaded, mode="strict")
         answer = [int(reference[0, -1].argmax())]
@@ -147,11 +222,10 @@ def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResu
         ("blocking changes only targeted rows", targeted_rows),
         ("blocking nothing changes nothing", block_nothing),
         ("image keys where the adapter says", image_keys),
-        ("Mllama vision convention", vision_convention),
         ("fast == naive (k=3, one sample)", fast_equals_naive),
         ("capture leaves greedy tokens unchanged", capture_keeps_tokens),
     ]
-    results = []
+    results = list(contracts)
     for name, check in checks:
         try:
             results.append(CheckResult(name, True, check()))
@@ -161,7 +235,12 @@ def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResu
 
 
 def format_results(results: list[CheckResult]) -> str:
+    """The contracts table, then the checks table (when any check ran)."""
     width = max(len(r.name) for r in results)
-    lines = [f"{'check'.ljust(width)}  result  detail"]
-    lines += [f"{r.name.ljust(width)}  {'PASS' if r.passed else 'FAIL'}    {r.detail}" for r in results]
+    lines = [f"transformers {compat.transformers.__version__}"]
+    for kind in ("contract", "check"):
+        rows = [r for r in results if r.kind == kind]
+        if rows:
+            lines.append(f"{kind.ljust(width)}  result  detail")
+            lines += [f"{r.name.ljust(width)}  {'PASS' if r.passed else 'FAIL'}    {r.detail}" for r in rows]
     return "\n".join(lines)

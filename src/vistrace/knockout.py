@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from vistrace import compat
 from vistrace.adapters import PreparedPrompt
 from vistrace.hook import Knockout, Plan, traced
 from vistrace.hook.plan import KnockoutMode
@@ -206,13 +207,14 @@ class KnockoutRunner:
         total = seq.prompt_len + len(seq.answer) - 1
         plans = {p.name: _PathwayPlan.make(seq, p, self.cross, self.n_layers) for p in pathways}
         starts = [e.start for plan in plans.values() for e in plan.schedule if e is not None]
-        decoder = self.model.get_decoder()
-        layers = list(decoder.layers)
+        layers = compat.decoder_layers(self.model)
+        finish = compat.finisher(self.model)
         clean_plan = self._plan(seq, len(seq.answer) - 1, 0, None, [])
         clean = clean_pass(
             layers,
             lambda: self._forward(seq.model_inputs(total), clean_plan, use_cache=True),
             min(starts, default=total),
+            finish,
         )
         evaluations = self.n_layers * total
         p_steps = [
@@ -231,7 +233,6 @@ class KnockoutRunner:
             ]
             by_centre[pathway.name] = sets
             groups.setdefault(plan.schedule, []).extend((pathway, s) for s in dict.fromkeys(sets) if s)
-        finish = _finisher(self.model, decoder)
         value: dict[tuple[str, frozenset[int]], float] = {}
         for schedule, elements in groups.items():
             if not elements:
@@ -300,16 +301,6 @@ class KnockoutRunner:
 # One batched re-run call holds at most this many rows (windows × rows) per position of the sequence,
 # which keeps a sweep's peak memory within a small multiple of one forward.
 _ROWS_PER_CALL_PER_TOKEN = 8
-
-
-def _finisher(model: Any, decoder: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Final norm and LM head: (B, hidden) last-row hidden states → (B, V) logits."""
-    head = model.get_output_embeddings()
-
-    def finish(hidden: torch.Tensor) -> torch.Tensor:
-        return head(decoder.norm(hidden))
-
-    return finish
 
 
 @dataclass(frozen=True)

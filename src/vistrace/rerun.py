@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
+from vistrace import compat
 from vistrace.hook.plan import Knockout, Plan, use_plan
 
 # Decoder-layer arguments indexed by query position, and the dimension that holds it.
 _ROW_ARGUMENTS = {"position_ids": -1, "cross_attention_mask": 2, "full_text_row_masked_out_mask": 2}
-# Arguments a re-run passes itself.
-_REPLACED_ARGUMENTS = {"hidden_states", "past_key_values", "use_cache"}
+# Arguments a re-run passes itself (besides the cache, under the name the layer takes it).
+_REPLACED_ARGUMENTS = {"hidden_states", "use_cache"}
 
 
 @dataclass
@@ -39,7 +40,8 @@ class CleanPass:
     `keys`/`values`: per decoder layer, (1, H_kv, K, D) cached keys/values (K = total for
     self-attention layers, the image features for cross-attention layers). `hidden`: per layer, the
     layer's input hidden states (1, total - row0, hidden) of positions row0 … total-1.
-    `layer_arguments`: per layer, the keyword arguments the model passed it. `logits`: (1, total, V).
+    `layer_arguments`: per layer, the keyword arguments the model passed it (its cache left out).
+    `logits`: (1, total, V).
     """
 
     keys: list[torch.Tensor]
@@ -50,10 +52,20 @@ class CleanPass:
     logits: torch.Tensor
 
 
-def clean_pass(layers: Sequence[torch.nn.Module], forward: Callable[[], Any], row0: int) -> CleanPass:
-    """Run `forward()` (the model over the whole sequence, with a cache) and keep what re-runs need."""
+def clean_pass(
+    layers: Sequence[torch.nn.Module],
+    forward: Callable[[], Any],
+    row0: int,
+    finish: Callable[[torch.Tensor], torch.Tensor],
+) -> CleanPass:
+    """Run `forward()` (the model over the whole sequence, with a cache) and keep what re-runs need.
+
+    Probes on the way that the cache comes back where and as expected and that `finish` turns the last
+    layer's output into the model's logits (`vistrace.compat.TransformersContractError` if not).
+    """
     hidden: dict[int, torch.Tensor] = {}
     arguments: dict[int, dict[str, Any]] = {}
+    last_output: list[torch.Tensor] = []
 
     def grabber(index: int) -> Callable[..., None]:
         def grab(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -63,15 +75,21 @@ def clean_pass(layers: Sequence[torch.nn.Module], forward: Callable[[], Any], ro
                 )
             states = args[0] if args else kwargs["hidden_states"]
             hidden[index] = states[:, row0:].detach().clone()
-            arguments[index] = {k: v for k, v in kwargs.items() if k not in _REPLACED_ARGUMENTS}
+            own = compat.decoder_cache_argument(module)
+            arguments[index] = _layer_arguments(kwargs, own)
 
         return grab
+
+    def keep_last(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        states = output[0] if isinstance(output, tuple) else output
+        last_output.append(states[:, -1].detach())
 
     # prepend: see the arguments as the model passes them, before any adapter hook adjusts them.
     handles = [
         layer.register_forward_pre_hook(grabber(i), with_kwargs=True, prepend=True)
         for i, layer in enumerate(layers)
     ]
+    handles.append(layers[-1].register_forward_hook(keep_last))
     try:
         output = forward()
     finally:
@@ -79,9 +97,8 @@ def clean_pass(layers: Sequence[torch.nn.Module], forward: Callable[[], Any], ro
             handle.remove()
     if len(hidden) != len(layers):
         raise RuntimeError(f"the clean pass ran {len(hidden)} of {len(layers)} decoder layers")
-    cache = output.past_key_values
-    keys = [cache.layers[i].keys for i in range(len(layers))]
-    values = [cache.layers[i].values for i in range(len(layers))]
+    compat.check_finisher(output.logits[:, -1], finish(last_output[-1]))
+    keys, values = compat.cache_tensors(compat.output_cache(output), len(layers))
     return CleanPass(
         keys,
         values,
@@ -92,13 +109,28 @@ def clean_pass(layers: Sequence[torch.nn.Module], forward: Callable[[], Any], ro
     )
 
 
+def _layer_arguments(kwargs: dict[str, Any], cache_argument: str) -> dict[str, Any]:
+    """The keyword arguments a decoder layer got, less those a re-run passes itself; a cache under any
+    other name than the one the layer's signature declares is a convention this module does not know."""
+    kept = {}
+    for name, value in kwargs.items():
+        if name in _REPLACED_ARGUMENTS or name == cache_argument:
+            continue
+        if compat.is_cache(value):
+            raise compat.unknown_layer_argument(
+                name, f"a cache object, but the layer takes its cache as `{cache_argument}`"
+            )
+        kept[name] = value
+    return kept
+
+
 def _rows_of(arguments: dict[str, Any], start: int, end: int) -> dict[str, Any]:
     """The clean pass' layer arguments for query rows start … end-1 (keys 0 … end-1)."""
     out: dict[str, Any] = {}
     for name, value in arguments.items():
         if name == "attention_mask":
             if not isinstance(value, torch.Tensor) or value.dim() != 4:
-                raise NotImplementedError("a re-run needs the decoder's 4-d additive attention mask")
+                raise compat.unknown_layer_argument(name, "a re-run needs a 4-d additive attention mask")
             out[name] = value[:, :, start:end, :end]
         elif name == "cross_attention_states":
             out[name] = None  # the image keys come from the clean pass' cache
@@ -110,9 +142,7 @@ def _rows_of(arguments: dict[str, Any], start: int, end: int) -> dict[str, Any]:
         elif name == "cache_position" and isinstance(value, torch.Tensor):
             out[name] = value[start:end]
         elif isinstance(value, torch.Tensor):
-            raise NotImplementedError(
-                f"a re-run does not know how to slice the decoder-layer argument {name!r}"
-            )
+            raise compat.unknown_layer_argument(name, "a tensor a re-run does not know how to slice to rows")
         else:
             out[name] = value
     return out
@@ -147,11 +177,15 @@ class _RerunCache:
     """The cache the decoder layers see in a re-run: a self-attention layer gets back this batch's own
     rows (earlier re-run rows from `reused`, then the new ones); the shared clean keys before them
     reach the seam through `Plan.prefix`. A cross-attention layer reads no keys here (all of them are
-    in the prefix)."""
+    in the prefix). `seen` positions (the shared prefix) precede the rows of this re-run.
 
-    def __init__(self, reused: RowState | None, empty: dict[int, _Layer]):
+    Only the cache methods decoder layers are known to call exist; any other is a convention this
+    module does not know, and stops the run naming it."""
+
+    def __init__(self, reused: RowState | None, empty: dict[int, _Layer], seen: int):
         self.reused = reused
         self.layers = empty
+        self.seen = seen
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
 
@@ -163,6 +197,14 @@ class _RerunCache:
             values = torch.cat([self.reused.values[layer_idx], values], dim=2)
         self.keys[layer_idx], self.values[layer_idx] = keys, values
         return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Positions before this re-run's rows (Mllama's cross-attention layers before transformers
+        5.24 read their cached image keys only when this is positive)."""
+        return self.seen
+
+    def __getattr__(self, name: str) -> Any:
+        raise compat.MissingCacheMethodError(name)
 
 
 def _first_elements(plan: Plan, n: int) -> Plan:
@@ -214,7 +256,7 @@ def rerun(
         for i in cross_layers
         if i >= first_layers[0]
     }
-    cache = _RerunCache(reused, empty)
+    cache = _RerunCache(reused, empty, shared)
     plan = dataclasses.replace(plan, offset=start, prefix=prefix)
     hidden: torch.Tensor | None = None
     spent = 0
@@ -227,8 +269,11 @@ def rerun(
             hidden = fresh if hidden is None else torch.cat([hidden, fresh.to(hidden.device)])
         assert hidden is not None
         arguments = _rows_of(clean.layer_arguments[index], start, end)
+        cache_argument = compat.decoder_cache_argument(layers[index])
         with use_plan(_first_elements(plan, active)):
-            output = layers[index](hidden, past_key_values=cache, use_cache=True, **arguments)
+            output = layers[index](hidden, **{cache_argument: cache}, use_cache=True, **arguments)
+        if index not in cross_layers and index not in cache.keys:
+            raise compat.cache_not_updated(index, cache_argument)
         hidden = output[0] if isinstance(output, tuple) else output
         spent += active * (end - start)
     assert hidden is not None

@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import MllamaProcessor
 
+from vistrace import compat
 from vistrace.adapters import Adapter, get_adapter
 from vistrace.datasets.prompts import vqav2_prompt
 from vistrace.demo.models import (
@@ -207,12 +208,13 @@ def answer_loss(
         prefix, cache, inputs = 0, None, batch
     else:
         ids = batch["input_ids"]
-        cache = model.model.language_model(input_ids=ids[:1, :prefix], use_cache=True).past_key_values
+        cache = compat.output_cache(model.model.language_model(input_ids=ids[:1, :prefix], use_cache=True))
         cache.batch_repeat_interleave(ids.shape[0])
         inputs = {**batch, "input_ids": ids[:, prefix:]}
     # Only the positions that predict a label in some row go through the LM head.
     keep = (labels[:, prefix + 1 :] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-    logits = model(**inputs, past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep).logits
+    continued = {compat.model_cache_argument(model): cache} if cache is not None else {}
+    logits = model(**inputs, **continued, use_cache=cache is not None, logits_to_keep=keep).logits
     targets = labels[:, prefix + 1 + keep]
     return torch.nn.functional.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction

@@ -10,16 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
+from vistrace.compat import register_attention, sdpa_functions
 from vistrace.hook.plan import Plan, active_plan
 from vistrace.roles import Role
 
 SEAM_NAME = "vistrace"
 # A re-run call with at least this many query rows goes through sdpa; fewer rows are cheaper in the open.
 _FUSED_ROWS = 16
+sdpa_attention_forward, repeat_kv = sdpa_functions()
 
 
 def blocked_entries(
@@ -253,10 +252,5 @@ def seam_attention(
 
 
 def register() -> None:
-    """Register the seam and its mask function with transformers (idempotent)."""
-    if SEAM_NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(SEAM_NAME, seam_attention)
-    # eager_mask always materialises the causal mask: with sdpa's mask the causal pattern can arrive as
-    # None, and an explicit computation would silently lose causality.
-    if SEAM_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        ALL_MASK_ATTENTION_FUNCTIONS.register(SEAM_NAME, eager_mask)
+    """Register the seam and its explicit-mask function with transformers (idempotent)."""
+    register_attention(SEAM_NAME, seam_attention)

@@ -6,38 +6,31 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from vistrace.compat import require_static_contracts, set_text_attention, text_attention
 from vistrace.hook.plan import Plan, use_plan
 from vistrace.hook.seam import SEAM_NAME, register
-
-
-def _text_config(model: Any) -> Any:
-    config = model.config
-    return getattr(config, "text_config", None) or config
 
 
 @contextlib.contextmanager
 def traced(model: Any, plan: Plan | None = None) -> Iterator[Any]:
     """Switch the language model (not the vision tower) to the seam, activate `plan`, and restore the
-    previous attention implementation and remove every hook on exit, even on error."""
+    previous attention implementation and remove every hook on exit, even on error.
+
+    Raises `vistrace.compat.TransformersContractError` before anything runs when the installed
+    transformers breaks a contract that can be probed without running the model."""
     from vistrace.adapters import get_adapter
 
     register()
+    require_static_contracts(model)
     adapter = get_adapter(model)
-    text_config = _text_config(model)
-    previous = text_config._attn_implementation
+    previous = text_attention(model)
     handles = []
     try:
-        if text_config is model.config:
-            model.set_attn_implementation(SEAM_NAME)
-        else:
-            model.set_attn_implementation({"text_config": SEAM_NAME})
+        set_text_attention(model, SEAM_NAME)
         handles = adapter.install_hooks(model)
         with use_plan(plan):
             yield model
     finally:
         for handle in handles:
             handle.remove()
-        if text_config is model.config:
-            model.set_attn_implementation(previous)
-        else:
-            model.set_attn_implementation({"text_config": previous})
+        set_text_attention(model, previous)
