@@ -23,7 +23,7 @@ CHECKS = (
     "blocking changes only targeted rows",
     "blocking nothing changes nothing",
     "image keys where the adapter says",
-    "fast == naive (k=3, one sample)",
+    "fast == naive (k=3, 3-token answer)",
     "capture leaves greedy tokens unchanged",
 )
 EMPTY_PLAN, CAUSALITY, TARGETED_ROWS, _, IMAGE_KEYS, _, _ = CHECKS
