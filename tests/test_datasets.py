@@ -17,6 +17,7 @@ from vistrace.datasets import (
     example_prompt,
     generic,
     load_image,
+    read_dataset,
     read_docvqa,
     read_hf_disk,
     read_json_records,
@@ -63,7 +64,7 @@ def test_vqav2_format_example(tmp_path: Path) -> None:
 
 def test_vqav2_image_name_format_and_relative_images() -> None:
     result = read_vqav2(VQA_Q, VQA_A, image_name_format="COCO_train2014_%012d.jpg")
-    assert result.examples[2].image == Path("COCO_train2014_000000880002.jpg")
+    assert result.examples[2].image == VQA_Q.parent.resolve() / "COCO_train2014_000000880002.jpg"
 
 
 def test_vqav2_bad_records_are_skipped(tmp_path: Path) -> None:
@@ -125,7 +126,7 @@ def test_visual7w_format_example(tmp_path: Path) -> None:
     assert who.extra["image_id"] == 9900002
     train = read_visual7w(FORMATS / "visual7w_example.json", split="train")
     assert [e.category for e in train.examples] == ["what", "where", "when"]
-    assert train.examples[0].image == Path("v7w_9900001.jpg")
+    assert train.examples[0].image == FORMATS.resolve() / "v7w_9900001.jpg"
     assert len(read_visual7w(FORMATS / "visual7w_example.json", split=None)) == 5
 
 
@@ -172,6 +173,7 @@ def test_docvqa_format_example(tmp_path: Path) -> None:
     assert first.answers == ("INV-2041", "INV 2041")
     assert first.dataset == "docvqa"
     assert [e.category for e in result.examples] == ["form", "handwritten", "table/list", "figure/diagram"]
+    assert result.examples[1].categories == ("handwritten", "layout")
     assert result.examples[1].extra["question_types"] == ["handwritten", "layout"]
     assert first.extra["docId"] == 99001
     assert "answers" not in first.extra
@@ -191,7 +193,7 @@ def test_docvqa_without_question_types_and_bad_records(tmp_path: Path) -> None:
     result = read_docvqa(_write(tmp_path / "val.json", data))
     assert [e.id for e in result.examples] == ["1"]
     assert result.examples[0].category is None
-    assert result.examples[0].image == Path("documents/a.png")
+    assert result.examples[0].image == tmp_path / "documents" / "a.png"
     reasons = [s.reason for s in result.skipped]
     assert reasons[0].endswith("record 1 (id 2): empty 'answers'")
     assert reasons[1].endswith("record 2 (id 3): 'image' must be a string, found int")
@@ -216,8 +218,9 @@ def test_mmhal_format_example(tmp_path: Path) -> None:
     assert first.extra["image_id"] == "0000aaaa11112222"
     assert first.extra["image_src"] == first.image_url
     assert [e.category for e in result.examples] == ["attribute", "adversarial", "counting"]
-    # without an images directory the base name stays relative
-    assert read_mmhal(FORMATS / "mmhal_example.json").examples[2].image == Path("0000bbbb55556666_o.jpg")
+    # without an images directory the base name is looked for beside the data file
+    expected = FORMATS.resolve() / "0000bbbb55556666_o.jpg"
+    assert read_mmhal(FORMATS / "mmhal_example.json").examples[2].image == expected
 
 
 def test_mmhal_jsonl_gold_answer_local_paths_and_bad_lines(tmp_path: Path) -> None:
@@ -265,7 +268,7 @@ def test_json_records_mapping(tmp_path: Path) -> None:
     assert first.dataset == "mine"
     assert first.extra == {"qid": 7, "kind": "animal", "note": 1}
     assert second.answers == ("dog", "puppy")
-    assert second.category == "pet"
+    assert (second.category, second.categories) == ("pet", ("pet", "x"))
     reasons = [s.reason for s in result.skipped]
     assert reasons[0].endswith("record 2 (id 9): missing key 'img'")
     assert reasons[1].endswith("record 3 (id 10): empty 'a'")
@@ -277,7 +280,7 @@ def test_json_records_jsonl_records_key_and_defaults(tmp_path: Path) -> None:
     result = read_json_records(path, {"image": "img", "question": "q"})
     assert [e.id for e in result.examples] == ["0"]
     assert result.examples[0].answers == ()
-    assert result.examples[0].image == Path("a.png")
+    assert result.examples[0].image == tmp_path / "a.png"
     assert result.skipped[0].reason == f"{path}: line 2: expected an object, found list"
     wrapped = _write(tmp_path / "w.json", {"items": [{"img": "x.png", "q": "Q?", "opts": ["a", "b"]}]})
     mapping = {"image": "img", "question": "q", "choices": "opts"}
@@ -456,3 +459,69 @@ def test_example_prompt_dispatch() -> None:
     with pytest.raises(ValueError, match="no paper prompt"):
         example_prompt(read_mmhal(FORMATS / "mmhal_example.json").examples[0])
     assert DEFAULT_MAX_NEW_TOKENS == {"vqav2": 25, "visual7w": 25, "docvqa": 512}
+
+
+# ---------------------------------------------------------------- variants refused, splits
+
+
+def _pointing(with_boxes: bool) -> dict[str, Any]:
+    qa = {"qa_id": 7, "image_id": 3, "type": "which", "question": "Which is the cup?"}
+    data: dict[str, Any] = {
+        "images": [
+            {
+                "image_id": 3,
+                "filename": "v7w_3.jpg",
+                "split": "test",
+                "qa_pairs": [{**qa, "answer": 101, "multiple_choices": [103, 104, 102]}],
+            }
+        ]
+    }
+    if with_boxes:
+        data["boxes"] = [{"box_id": 101, "x": 1, "y": 2, "width": 3, "height": 4, "name": "cup"}]
+    return data
+
+
+@pytest.mark.parametrize("with_boxes", [True, False])
+def test_visual7w_pointing_file_is_refused_in_one_line(tmp_path: Path, with_boxes: bool) -> None:
+    path = _write(tmp_path / "dataset_v7w_pointing.json", _pointing(with_boxes))
+    with pytest.raises(DatasetError) as raised:
+        read_visual7w(path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: a Visual7W pointing file")
+    assert "box ids" in message and "dataset_v7w_telling.json" in message
+
+
+def test_visual7w_numeric_answer_in_a_telling_file_is_skipped(tmp_path: Path) -> None:
+    data = json.loads((FORMATS / "visual7w_example.json").read_text())
+    data["images"][1]["qa_pairs"][0]["multiple_choices"][0] = 5
+    result = read_visual7w(_write(tmp_path / "v7w.json", data))
+    assert [e.id for e in result.examples] == ["5500005"]
+    assert result.skipped[0].reason.endswith("'multiple_choices' must be a string, found int")
+
+
+def test_visual7w_empty_split_lists_the_splits_present(tmp_path: Path) -> None:
+    source = FORMATS / "visual7w_example.json"
+    with pytest.raises(
+        DatasetError, match=r"no QA pair in split 'val'; splits present: test \(2\), train \(3\)$"
+    ):
+        read_visual7w(source, split="val")
+    train_only = json.loads(source.read_text())
+    train_only["images"] = [i for i in train_only["images"] if i["split"] == "train"]
+    with pytest.raises(DatasetError, match=r"split 'test'; splits present: train \(3\)"):
+        read_visual7w(_write(tmp_path / "train.json", train_only))
+
+
+def test_read_dataset_validates_names_splits_and_empty_files(tmp_path: Path) -> None:
+    train = read_dataset("visual7w", FORMATS / "visual7w_example.json", split="train")
+    assert [e.id for e in train.examples] == ["5500001", "5500002", "5500003"]
+    assert len(read_dataset("vqav2", VQA_A, questions=VQA_Q)) == 4
+    with pytest.raises(ValueError, match="--split applies to visual7w"):
+        read_dataset("docvqa", FORMATS / "docvqa_example.json", split="val")
+    with pytest.raises(ValueError, match="unknown dataset 'coco'"):
+        read_dataset("coco", VQA_A)
+    with pytest.raises(DatasetError, match=r"empty.json: no records$"):
+        read_dataset("jsonl", _write(tmp_path / "empty.json", []))
+    bad = _write(tmp_path / "bad.json", [{"id": 1, "question": "Q?", "answers": ["a"]}])
+    with pytest.raises(DatasetError, match=r"no example could be read \(1 records skipped; first: .*'image'"):
+        read_dataset("jsonl", bad)

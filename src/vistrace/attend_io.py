@@ -1,8 +1,8 @@
 """Files of the attention workflow: the instances read, the images fetched, the captures written.
 
 Input: a JSON list or a JSONL file of objects with `image_id`, `image_src` (a path relative to the
-input file, an absolute path, or an http(s) URL), `question` and `gold_answer` (or `gt_answer`);
-other keys are kept in `Instance.extra`.
+input file's folder or to `--images`, an absolute path, or an http(s) URL), `question` and
+`gold_answer` (or `gt_answer`); other keys are kept in `Instance.extra`.
 
 Output, under a run directory:
 
@@ -36,6 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vistrace.capture import StageCapture
+from vistrace.images import resolve_image, to_rgb
 
 ATTENTION_FILE = "attention.safetensors"
 IMAGE_FILE = "image.png"
@@ -137,8 +138,15 @@ def read_instances(path: str | Path) -> list[Instance | InstanceError]:
     return result
 
 
-def load_image(instance: Instance, *, timeout: float = 20.0) -> Image.Image:
-    """The instance's image as RGB; `InstanceError` with a one-line reason when it cannot be had."""
+def load_image(
+    instance: Instance, *, timeout: float = 20.0, images_dir: str | Path | None = None
+) -> Image.Image:
+    """The instance's image as RGB, transparency composited onto white (:func:`vistrace.images.to_rgb`);
+    `InstanceError` with a one-line reason when it cannot be had.
+
+    A relative `image_src` is resolved against `images_dir`, else the input file's folder
+    (:mod:`vistrace.images`); without a source file, against `images_dir` or as given.
+    """
     src = instance.image_src
     try:
         if re.match(r"^https?://", src, flags=re.IGNORECASE):
@@ -148,15 +156,17 @@ def load_image(instance: Instance, *, timeout: float = 20.0) -> Image.Image:
             image = Image.open(io.BytesIO(data))
         else:
             path = Path(src).expanduser()
-            if not path.is_absolute() and instance.source is not None:
-                path = instance.source.parent / path
+            if instance.source is not None:
+                path = resolve_image(path, instance.source, images_dir)
+            elif images_dir is not None and not path.is_absolute():
+                path = Path(images_dir) / path
             if not path.is_file():
                 raise InstanceError(
                     f"image {src!r} of {instance.image_id!r}: no such file ({path})", instance.index
                 )
             image = Image.open(path)
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
     except InstanceError:
         raise
     except Exception as error:
@@ -191,7 +201,7 @@ def save_instance(
     """Write `image.png` (the image, longest side at most 1024 px, for overlays), the stages' tensors,
     then `attention.json` with `record` (instance, config, loop record)."""
     if image is not None:
-        preview = image.convert("RGB")
+        preview = to_rgb(image)
         preview.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))
         _write_atomic(instance_dir / IMAGE_FILE, lambda temporary: preview.save(temporary, format="PNG"))
     tensors = {f"{name}{TENSOR_SUFFIX}": stage.image_attention.contiguous() for name, stage in stages.items()}
@@ -237,7 +247,7 @@ def load_stages(instance_dir: str | Path) -> dict[str, StageCapture]:
 def load_preview(instance_dir: str | Path) -> Image.Image | None:
     """The image saved beside an instance's capture, or None."""
     path = Path(instance_dir) / IMAGE_FILE
-    return Image.open(path).convert("RGB") if path.is_file() else None
+    return to_rgb(Image.open(path)) if path.is_file() else None
 
 
 def instance_dir(run_dir: str | Path, instance_idx: int) -> Path:

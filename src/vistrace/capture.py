@@ -116,7 +116,6 @@ def _encode(loaded: LoadedModel, image: Image.Image, prompt: PromptLike) -> _Enc
     """Processor inputs (batch 1) for `prompt`: a user message (image first, then this text) or a
     whole conversation rendered by the processor's chat template with a generation prompt."""
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
-    image = image.convert("RGB")
     if isinstance(prompt, str):
         prepared = adapter.prepare(model, processor, image, prompt)
         return _Encoded(dict(prepared.inputs), prepared.prompt.text, prepared.image_keys)

@@ -357,6 +357,7 @@ class _Runner:
             "finish_reason": finish_reason,
             "answers": list(example.answers),
             "category": example.category,
+            "categories": list(example.categories),
         }
         for key, value in example.extra.items():
             record.setdefault(key, value)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vistrace import __version__
 from vistrace.hook.plan import KnockoutMode
+from vistrace.images import resolve_image, to_rgb
 from vistrace.knockout import KnockoutRunner, Pathway
 from vistrace.loading import LoadedModel
 from vistrace.store import JsonlStore
@@ -77,12 +78,14 @@ def answer_token_ids(loaded: LoadedModel, sample: dict[str, Any]) -> list[int]:
     return tokens
 
 
-def _open_image(path_text: str, base: Path) -> Image.Image:
-    path = Path(path_text)
-    path = path if path.is_absolute() else base / path
+def _open_image(path_text: str, data_file: Path, images_dir: str | Path | None) -> Image.Image:
+    """The sample's image as RGB (:func:`vistrace.images.to_rgb`); a relative path is resolved against
+    `images_dir`, else the data file's folder."""
+    path = resolve_image(path_text, data_file, images_dir)
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return to_rgb(image)
     except FileNotFoundError:
         raise SampleError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError) as error:
@@ -109,9 +112,11 @@ def trace(
     strategy: str = "fast",
     temperature: float | None = None,
     limit: int | None = None,
+    images_dir: str | Path | None = None,
 ) -> TraceSummary:
     """Run the sweep for every sample of `data_file`; results go to `out_dir/results.jsonl`,
-    failures to `out_dir/skipped.jsonl`. Finished (sample, pathway, k) records are not redone."""
+    failures to `out_dir/skipped.jsonl`. Finished (sample, pathway, k) records are not redone.
+    A relative `image` is resolved against `images_dir`, else the folder of `data_file`."""
     data_path = Path(data_file)
     out = Path(out_dir)
     parsed = [Pathway.parse(name) for name in pathways]
@@ -145,7 +150,7 @@ def trace(
             for field in ("image", "prompt"):
                 if not isinstance(sample.get(field), str) or not sample[field].strip():
                     raise SampleError(f"missing or empty `{field}`")
-            image = _open_image(sample["image"], data_path.parent)
+            image = _open_image(sample["image"], data_path, images_dir)
             answer = answer_token_ids(loaded, sample)
             prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, sample["prompt"])
             length = prepared.input_ids.shape[1] + len(answer)
@@ -170,6 +175,7 @@ def trace(
                             "probs": result.probs[pathway.name],
                             "answer_tokens": list(result.answer_tokens),
                             "category": sample.get("category"),
+                            "categories": sample.get("categories"),
                             "dataset": sample.get("dataset"),
                             "n_layers": runner.n_layers,
                             "cross_layers": sorted(runner.cross),
@@ -186,7 +192,8 @@ def trace(
 
 
 def export_results(run_dir: str | Path, out_file: str | Path, fmt: str) -> Path:
-    """One row per (id, pathway, k, mode) with `p_full`, `probs` (per centre layer) and category."""
+    """One row per (id, pathway, k, mode) with `p_full`, `probs` (per centre layer), category and
+    categories (CSV: joined with `|`)."""
     from vistrace.store import read_records
 
     rows: list[dict[str, Any]] = [
@@ -200,6 +207,7 @@ def export_results(run_dir: str | Path, out_file: str | Path, fmt: str) -> Path:
                 "temperature",
                 "model",
                 "category",
+                "categories",
                 "dataset",
                 "p_full",
                 "probs",
@@ -218,7 +226,7 @@ def export_results(run_dir: str | Path, out_file: str | Path, fmt: str) -> Path:
             writer = csv.writer(handle)
             n_layers = max((len(r["probs"]) for r in rows), default=0)
             writer.writerow(
-                ["id", "pathway", "k", "mode", "temperature", "category", "p_full"]
+                ["id", "pathway", "k", "mode", "temperature", "category", "categories", "p_full"]
                 + [f"prob_l{i}" for i in range(n_layers)]
             )
             for r in rows:
@@ -230,6 +238,7 @@ def export_results(run_dir: str | Path, out_file: str | Path, fmt: str) -> Path:
                         r["mode"],
                         r["temperature"],
                         r["category"],
+                        "|".join(r["categories"] or []),
                         r["p_full"],
                         *r["probs"],
                     ]

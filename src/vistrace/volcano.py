@@ -243,13 +243,15 @@ def run_volcano(
     instance_idx: Iterable[int] | None = None,
     seed: int = 0,
     timeout: float = 20.0,
+    images_dir: str | Path | None = None,
 ) -> Path:
     """Run every instance (or those of `instance_idx`) and write the run directory; return `log.json`.
 
     `instances` is an input file (JSON list or JSONL) or records already read. Finished instances
     of an earlier run with the same configuration are not run again; skipped ones (missing image,
     unreachable URL, bad record, prompt too long) are retried. Sampling is seeded per instance with
-    `seed + index`, so a resumed run draws what an uninterrupted one would.
+    `seed + index`, so a resumed run draws what an uninterrupted one would. A relative
+    `image_src` is resolved against `images_dir`, else the input file's folder.
     """
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +284,7 @@ def run_volcano(
             log.add(index, finished["log"])
             continue
         try:
-            image = load_image(record, timeout=timeout)
+            image = load_image(record, timeout=timeout, images_dir=images_dir)
             if sample:
                 torch.manual_seed(seed + index)
             result = volcano_instance(

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.hooks import RemovableHandle
 
+from vistrace.images import to_rgb
 from vistrace.roles import Prompt, render_prompt, resolve_roles
 
 FeatureKind = Literal["patch", "cls", "padding"]
@@ -107,15 +108,22 @@ class Adapter(abc.ABC):
     def image_token_id(self, model: Any) -> int: ...
 
     def prepare_image(self, processor: Any, image: Image.Image) -> Image.Image:
-        """The image as the family's preprocessing expects it before the processor (default: as is)."""
-        return image
+        """The image as every command hands it to the processor: 8-bit RGB, transparency composited
+        onto white (:func:`vistrace.images.to_rgb`), size unchanged.
+
+        Every path that calls a processor with an image goes through here (``prepare``, evaluation
+        batches, the Volcano loop's conversations, demo training). Resizing, padding and cropping
+        are the processor's: a checkpoint's settings live on its image processor (LLaVA's
+        ``image_aspect_ratio: pad`` becomes ``do_pad``), so they apply wherever it runs.
+        """
+        return to_rgb(image)
 
     def prepare(self, model: Any, processor: Any, image: Image.Image, question: str) -> PreparedPrompt:
         """Render the chat prompt, run the processor and resolve roles for one image + question."""
-        image = image.convert("RGB")
+        image = self.prepare_image(processor, image)
         prompt = render_prompt(processor, question)
         inputs = processor(
-            images=self.prepare_image(processor, image),
+            images=image,
             text=prompt.text,
             add_special_tokens=prompt.add_special_tokens,
             return_tensors="pt",

@@ -1,5 +1,6 @@
 """Dataset readers (VQAv2, Visual7W, DocVQA, MMHal-Bench, JSON/JSONL, HF on disk) and the paper's prompts."""
 
+from vistrace.datasets.by_name import READERS, read_dataset
 from vistrace.datasets.example import (
     DatasetError,
     Example,
@@ -21,6 +22,7 @@ from vistrace.datasets.readers import read_docvqa, read_mmhal, read_visual7w, re
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
+    "READERS",
     "DatasetError",
     "Example",
     "ReadResult",
@@ -28,6 +30,7 @@ __all__ = [
     "docvqa_prompt",
     "example_prompt",
     "load_image",
+    "read_dataset",
     "read_docvqa",
     "read_hf_disk",
     "read_json_records",

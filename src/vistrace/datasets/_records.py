@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from vistrace.datasets.example import DatasetError, Example, ReadResult, Skipped
+from vistrace.images import image_base, resolve_image
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 URL_SCHEMES = ("http", "https")
@@ -189,21 +190,21 @@ def is_url(value: str) -> bool:
     return urlparse(value).scheme.lower() in URL_SCHEMES
 
 
-def image_reference(value: str, images_dir: str | Path | None) -> tuple[Path, str | None]:
-    """(local path, URL or None) of an image given as a path or a URL.
+def image_reference(
+    value: str, data_file: str | Path, images_dir: str | Path | None
+) -> tuple[Path, str | None]:
+    """(absolute local path, URL or None) of an image given as a path or a URL in ``data_file``.
 
-    A relative path is joined to ``images_dir`` when one is given. A URL is mapped to the file of
-    the same base name under ``images_dir`` (relative when there is none); the URL is returned too.
+    A relative path is resolved by :func:`vistrace.images.resolve_image`: against ``images_dir``
+    when one is given, else against the data file's folder. A URL is mapped to the file of the same
+    base name in that folder; the URL is returned too.
     """
     if is_url(value):
         name = PurePosixPath(unquote(urlparse(value).path)).name
         if not name:
             raise BadRecord(f"image URL {value} has no file name")
-        return (Path(images_dir) / name if images_dir is not None else Path(name)), value
-    path = Path(value)
-    if images_dir is not None and not path.is_absolute():
-        path = Path(images_dir) / path
-    return path, None
+        return image_base(data_file, images_dir) / name, value
+    return resolve_image(value, data_file, images_dir), None
 
 
 def other_fields(record: Mapping[str, Any], used: set[str] | frozenset[str]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 
 from PIL import Image
 
+from vistrace.images import to_rgb
+
 __all__ = ["DatasetError", "Example", "ReadResult", "Skipped", "load_image", "resolve_image_path"]
 
 
@@ -22,11 +24,16 @@ class Example:
     """One question of a dataset, with its image reference (never opened here) and reference answers.
 
     - ``id``: the dataset's question id, as a string.
-    - ``image``: absolute, or relative to an images directory (see :func:`resolve_image_path`).
+    - ``image``: the image file. The readers make it absolute (a relative path in the data file is
+      resolved against ``--images`` or else the data file's folder, :mod:`vistrace.images`); an
+      example built by hand may hold a relative one (see :func:`resolve_image_path`).
     - ``answers``: reference answers (VQAv2: the ten annotators' answers; Visual7W: the correct
       answer; DocVQA: all accepted answers; MMHal-Bench: the ground-truth answer).
-    - ``category``: the category used for per-category results (VQAv2 answer type, Visual7W
-      question type, DocVQA first question type, MMHal-Bench question type), or None.
+    - ``category``: the question's first category (VQAv2 answer type, Visual7W question type,
+      DocVQA first question type, MMHal-Bench question type), or None.
+    - ``categories``: every category the question belongs to, ``category`` first (DocVQA: every
+      ``question_types`` entry; elsewhere ``(category,)``, or ``()`` when there is none).
+      Per-category results count the question once in each.
     - ``choices``: Visual7W's four options, the correct answer first; None elsewhere.
     - ``dataset``: the reader's name (``vqav2``, ``visual7w``, ``docvqa``, ``mmhal``, or the name
       given to a generic reader).
@@ -41,11 +48,21 @@ class Example:
     question: str
     answers: tuple[str, ...] = ()
     category: str | None = None
+    categories: tuple[str, ...] = ()
     choices: tuple[str, ...] | None = None
     dataset: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     image_url: str | None = None
     image_bytes: bytes | None = field(default=None, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.categories:
+            if self.category is not None:
+                object.__setattr__(self, "categories", (self.category,))
+        elif self.category is None:
+            object.__setattr__(self, "category", self.categories[0])
+        elif self.category != self.categories[0]:
+            raise ValueError(f"example {self.id}: category {self.category!r} is not categories[0]")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the example (embedded image bytes are left out)."""
@@ -55,6 +72,7 @@ class Example:
             "question": self.question,
             "answers": list(self.answers),
             "category": self.category,
+            "categories": list(self.categories),
             "choices": None if self.choices is None else list(self.choices),
             "dataset": self.dataset,
             "extra": dict(self.extra),
@@ -71,6 +89,7 @@ class Example:
             question=str(data["question"]),
             answers=tuple(data.get("answers") or ()),
             category=data.get("category"),
+            categories=tuple(data.get("categories") or ()),
             choices=None if choices is None else tuple(choices),
             dataset=str(data.get("dataset", "")),
             extra=dict(data.get("extra") or {}),
@@ -112,7 +131,8 @@ def resolve_image_path(example: Example, images_dir: str | Path | None = None) -
 
 
 def load_image(example: Example, images_dir: str | Path | None = None) -> Image.Image:
-    """Open the example's image as an RGB PIL image.
+    """Open the example's image as an RGB PIL image, transparency composited onto white
+    (:func:`vistrace.images.to_rgb`).
 
     Embedded ``image_bytes``, when present, are decoded instead of reading a file. Raises
     :class:`DatasetError` with one line naming the file and the example id when the image is
@@ -135,7 +155,7 @@ def load_image(example: Example, images_dir: str | Path | None = None) -> Image.
     try:
         with Image.open(source) as image:
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(f"{where}: cannot decode image for example {example.id} ({detail})") from exc

@@ -42,14 +42,14 @@ def _check_mapping(mapping: Mapping[str, str]) -> None:
 
 
 def _image_field(
-    value: Any, key: str, images_dir: str | Path | None
+    value: Any, key: str, source: str | Path, images_dir: str | Path | None
 ) -> tuple[Path | None, str | None, bytes | None]:
     """(path, URL, embedded bytes) of an image value: a path, a URL, ``{"bytes", "path"}`` or a PIL image.
 
     The path is None for an embedded image that names no file.
     """
     if isinstance(value, str):
-        local, url = image_reference(as_string(value, key), images_dir)
+        local, url = image_reference(as_string(value, key), source, images_dir)
         return local, url, None
     path: Path | None = None
     url = None
@@ -61,14 +61,14 @@ def _image_field(
         if data is None and not name:
             raise BadRecord(f"{key!r} has neither 'bytes' nor 'path'")
         if name:
-            path, url = image_reference(str(name), images_dir)
+            path, url = image_reference(str(name), source, images_dir)
         return path, url, None if data is None else bytes(data)
     if hasattr(value, "save"):
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         name = getattr(value, "filename", "") or ""
         if name:
-            path, url = image_reference(str(name), images_dir)
+            path, url = image_reference(str(name), source, images_dir)
         return path, url, buffer.getvalue()
     raise BadRecord(f"{key!r} must be a path, a URL or an image, found {type(value).__name__}")
 
@@ -91,7 +91,7 @@ def records_to_examples(
             id_key = mapping.get("id")
             record_id = str(index) if id_key is None else as_id(require(record, id_key), id_key)
             image_key = mapping["image"]
-            image, url, data = _image_field(require(record, image_key), image_key, images_dir)
+            image, url, data = _image_field(require(record, image_key), image_key, source, images_dir)
             answers: tuple[str, ...] = ()
             if "answers" in mapping:
                 answers = as_text_list(require(record, mapping["answers"]), mapping["answers"])
@@ -99,15 +99,14 @@ def records_to_examples(
             if "choices" in mapping:
                 choices = as_text_list(require(record, mapping["choices"]), mapping["choices"])
             value = record.get(mapping["category"]) if "category" in mapping else None
-            if isinstance(value, list):
-                value = value[0] if value else None
-            category = None if value is None else str(value)
+            values = value if isinstance(value, list) else [] if value is None else [value]
+            categories = tuple(dict.fromkeys(str(item) for item in values if item is not None))
             example = Example(
                 id=record_id,
                 image=Path(f"{record_id}.png") if image is None else image,
                 question=as_text(require(record, mapping["question"]), mapping["question"]),
                 answers=answers,
-                category=category,
+                categories=categories,
                 choices=choices,
                 dataset=dataset,
                 extra=other_fields(record, used),
@@ -134,8 +133,10 @@ def read_json_records(
     ``mapping`` maps example fields to source keys, e.g. ``{"id": "qid", "image": "img",
     "question": "q", "answers": "a"}``. ``image`` and ``question`` are required; ``id`` defaults to
     the record's position; ``answers`` (a string, a list of strings, or VQA-style
-    ``[{"answer": ...}]``) defaults to none; ``category`` takes the first item of a list;
-    ``choices`` is a list of strings. Images given as URLs are handled as in ``read_mmhal``.
+    ``[{"answer": ...}]``) defaults to none; ``category`` may be a list, each item a category of
+    the question (per-category results count it in each);
+    ``choices`` is a list of strings. Images given as URLs are handled as in ``read_mmhal``; relative image
+    paths are resolved against ``images_dir``, else the file's folder.
     ``extra`` keeps every source key not mapped to image, question, answers or choices.
     """
     _check_mapping(mapping)

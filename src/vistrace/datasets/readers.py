@@ -1,12 +1,15 @@
 """Readers for the official files of VQAv2, Visual7W (telling), DocVQA and MMHal-Bench.
 
 Each reader returns a :class:`ReadResult`: the examples in file order and the records it skipped,
-each with a one-line reason. A file that cannot be read at all raises :class:`DatasetError`.
-Images are referenced, never opened.
+each with a one-line reason. A file that cannot be read at all, or that is another variant of the
+dataset (a Visual7W pointing file, a split with no question), raises :class:`DatasetError` with one
+line naming the file. Images are referenced, never opened; a relative image path is resolved
+against ``images_dir`` when given, else against the data file's folder (:mod:`vistrace.images`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ from vistrace.datasets._records import (
     require,
     require_dict,
 )
-from vistrace.datasets.example import Example, ReadResult
+from vistrace.datasets.example import DatasetError, Example, ReadResult
+from vistrace.images import resolve_image
 
 __all__ = [
     "VISUAL7W_IMAGE_FORMAT",
@@ -38,11 +42,6 @@ __all__ = [
 
 VQAV2_IMAGE_FORMAT = "COCO_val2014_%012d.jpg"
 VISUAL7W_IMAGE_FORMAT = "v7w_%d.jpg"
-
-
-def _images_path(images_dir: str | Path | None, name: str) -> Path:
-    """``name`` under ``images_dir``, or relative when there is no directory."""
-    return Path(images_dir) / name if images_dir is not None else Path(name)
 
 
 def _int_id(value: Any, key: str) -> int:
@@ -65,8 +64,9 @@ def read_vqav2(
 ) -> ReadResult:
     """VQAv2 questions joined with their annotations by ``question_id``.
 
-    ``image`` is ``image_name_format % image_id`` under ``images_dir`` (``COCO_val2014_%012d.jpg``
-    by default; pass the train2014 or test2015 pattern for other splits). ``answers`` are the ten
+    ``image`` is ``image_name_format % image_id`` (``COCO_val2014_%012d.jpg`` by default; pass the
+    train2014 or test2015 pattern for other splits) in ``images_dir``, else in the questions file's
+    folder. ``answers`` are the ten
     annotators' ``answer`` strings, ``category`` is ``answer_type``; ``extra`` keeps
     ``question_id``, ``image_id``, ``question_type``, ``multiple_choice_answer``,
     ``answer_confidence`` (one per answer) and every other field of both records. Annotations
@@ -111,7 +111,7 @@ def read_vqav2(
             answer_type = annotation.get("answer_type")
             example = Example(
                 id=record_id,
-                image=_images_path(images_dir, image_name),
+                image=resolve_image(image_name, questions_file, images_dir),
                 question=question,
                 answers=answers,
                 category=None if answer_type is None else str(answer_type),
@@ -127,6 +127,38 @@ def read_vqav2(
     return result
 
 
+def _is_box_id(value: Any) -> bool:
+    """Whether a Visual7W answer is a box id (an integer), as in the pointing task."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pointing_evidence(data: dict[str, Any], images: list[Any]) -> str | None:
+    """Why a Visual7W file is the pointing variant (answers are box ids), or None for telling."""
+    if "boxes" in data:
+        return "it has a top-level 'boxes' list"
+    for image in images:
+        qa_pairs = image.get("qa_pairs") if isinstance(image, dict) else None
+        for qa in qa_pairs if isinstance(qa_pairs, list) else ():
+            if not isinstance(qa, dict):
+                continue
+            choices = qa.get("multiple_choices")
+            if _is_box_id(qa.get("answer")) or (
+                isinstance(choices, list) and choices and all(_is_box_id(c) for c in choices)
+            ):
+                return f"qa_id {qa.get('qa_id')} has answer {qa.get('answer')!r}, choices {choices!r}"
+    return None
+
+
+def _split_counts(images: list[Any]) -> Counter[str]:
+    """QA pairs per ``split`` value of a Visual7W ``images`` list."""
+    counts: Counter[str] = Counter()
+    for image in images:
+        if isinstance(image, dict):
+            qa_pairs = image.get("qa_pairs")
+            counts[str(image.get("split"))] += len(qa_pairs) if isinstance(qa_pairs, list) else 0
+    return counts
+
+
 def read_visual7w(
     file: str | Path,
     images_dir: str | Path | None = None,
@@ -135,12 +167,27 @@ def read_visual7w(
     """Visual7W telling QA pairs of one split (``split=None``: all splits).
 
     ``id`` is ``qa_id``; ``image`` is the image's ``filename`` (``v7w_<image_id>.jpg`` when absent)
-    under ``images_dir``; ``answers`` is the correct answer alone; ``choices`` is the correct answer
-    followed by the three ``multiple_choices`` (a QA pair without exactly three is skipped);
-    ``category`` is the QA ``type``. ``extra`` keeps the other QA fields plus the image's ``split``
-    and ``filename``.
+    in ``images_dir``, else in the file's folder; ``answers`` is the correct answer alone;
+    ``choices`` is the correct answer followed by the three ``multiple_choices`` (a QA pair without
+    exactly three text choices is skipped); ``category`` is the QA ``type``. ``extra`` keeps the
+    other QA fields plus the image's ``split`` and ``filename``.
+
+    Raises :class:`DatasetError` for a pointing file (``dataset_v7w_pointing.json``: answers and
+    choices are box ids, which the telling prompt would show as numbers) and when no QA pair is in
+    ``split`` (the message lists the splits present with their QA counts).
     """
-    images = list_field(load_json(file), "images", file)
+    data = load_json(file)
+    images = list_field(data, "images", file)
+    evidence = _pointing_evidence(data, images)
+    if evidence is not None:
+        raise DatasetError(
+            f"{file}: a Visual7W pointing file ({evidence}): its answers are box ids; vistrace reads "
+            "the telling task (dataset_v7w_telling.json)"
+        )
+    counts = _split_counts(images)
+    if split is not None and counts[split] == 0:
+        present = ", ".join(f"{name} ({n})" for name, n in sorted(counts.items()) if n) or "none"
+        raise DatasetError(f"{file}: no QA pair in split {split!r}; splits present: {present}")
     collector = Collector(file)
     for image_index, raw_image in enumerate(images):
         try:
@@ -162,17 +209,17 @@ def read_visual7w(
             try:
                 qa = require_dict(raw_qa)
                 record_id = as_id(require(qa, "qa_id"), "qa_id")
-                answer = as_text(require(qa, "answer"), "answer")
+                answer = as_string(require(qa, "answer"), "answer")
                 wrong = require(qa, "multiple_choices")
                 if not isinstance(wrong, list) or len(wrong) != 3:
                     raise BadRecord("'multiple_choices' must be a list of 3 wrong answers")
-                wrong_texts = tuple(as_text(choice, "multiple_choices") for choice in wrong)
+                wrong_texts = tuple(as_string(choice, "multiple_choices") for choice in wrong)
                 qa_type = qa.get("type")
                 extra = other_fields(qa, {"question", "answer", "multiple_choices"})
                 extra.update(split=image.get("split"), filename=filename)
                 example = Example(
                     id=record_id,
-                    image=_images_path(images_dir, filename),
+                    image=resolve_image(filename, file, images_dir),
                     question=as_text(require(qa, "question"), "question"),
                     answers=(answer,),
                     category=None if qa_type is None else str(qa_type),
@@ -187,13 +234,25 @@ def read_visual7w(
     return collector.result()
 
 
+def _question_types(record: dict[str, Any]) -> tuple[str, ...]:
+    """Every entry of a DocVQA record's ``question_types`` (``_withQT`` release), in file order."""
+    types = record.get("question_types")
+    if types is None:
+        return ()
+    if not isinstance(types, list) or not all(isinstance(t, str) and t.strip() for t in types):
+        raise BadRecord(f"'question_types' must be a list of names, found {types!r}")
+    return tuple(dict.fromkeys(types))
+
+
 def read_docvqa(file: str | Path, images_dir: str | Path | None = None) -> ReadResult:
     """DocVQA questions of an official ``*_v1.0.json`` file (``data`` list).
 
     ``id`` is ``questionId``; ``image`` is the record's ``image`` path (``documents/...png``) under
-    ``images_dir``; ``answers`` are all accepted answers; ``category`` is the first of
-    ``question_types`` (present only in the ``_withQT`` release) or None. ``extra`` keeps every
-    other field, ``question_types`` included.
+    ``images_dir``, else under the file's folder; ``answers`` are all accepted answers;
+    ``categories`` are every entry of ``question_types`` (present only in the ``_withQT`` release;
+    a question of several types counts in each, as the paper's ``create_docvqa.py`` counts it),
+    ``category`` the first of them, or None. ``extra`` keeps every other field,
+    ``question_types`` included.
     """
     data = list_field(load_json(file), "data", file)
     collector = Collector(file)
@@ -203,15 +262,13 @@ def read_docvqa(file: str | Path, images_dir: str | Path | None = None) -> ReadR
         try:
             record = require_dict(raw)
             record_id = as_id(require(record, "questionId"), "questionId")
-            image, _ = image_reference(as_string(require(record, "image"), "image"), images_dir)
-            types = record.get("question_types")
-            category = str(types[0]) if isinstance(types, list) and types else None
+            image, _ = image_reference(as_string(require(record, "image"), "image"), file, images_dir)
             example = Example(
                 id=record_id,
                 image=image,
                 question=as_text(require(record, "question"), "question"),
                 answers=as_text_list(require(record, "answers"), "answers"),
-                category=category,
+                categories=_question_types(record),
                 dataset="docvqa",
                 extra=other_fields(record, {"question", "answers", "image"}),
             )
@@ -229,9 +286,9 @@ def read_mmhal(file: str | Path, images_dir: str | Path | None = None) -> ReadRe
     (``"0"``, ``"1"``, ...; image ids repeat across questions). The answer is ``gt_answer``, or
     ``gold_answer`` as the Volcano README names it. ``category`` is ``question_type``.
 
-    ``image_src`` may be a local path (joined to ``images_dir`` when relative) or a URL. For a URL,
-    ``image`` is the file with the URL's base name under ``images_dir`` (where a download of the
-    image is expected; nothing is fetched) and ``image_url`` keeps the URL; :func:`load_image`
+    ``image_src`` may be a local path (relative: to ``images_dir``, else to the file's folder) or
+    a URL. For a URL, ``image`` is the file with the URL's base name in that folder (where a
+    download of the image is expected; nothing is fetched) and ``image_url`` keeps the URL; :func:`load_image`
     names both when that file is missing. ``extra`` keeps every other field, ``image_src`` and
     ``image_id`` included.
     """
@@ -245,7 +302,9 @@ def read_mmhal(file: str | Path, images_dir: str | Path | None = None) -> ReadRe
             answer_key = "gt_answer" if "gt_answer" in record else "gold_answer"
             if answer_key not in record:
                 raise BadRecord("missing key 'gt_answer' (or 'gold_answer')")
-            image, url = image_reference(as_string(require(record, "image_src"), "image_src"), images_dir)
+            image, url = image_reference(
+                as_string(require(record, "image_src"), "image_src"), file, images_dir
+            )
             question_type = record.get("question_type")
             example = Example(
                 id=record_id,

@@ -138,7 +138,7 @@ class Encoder:
         return self._targets[target]
 
     def encode(self, image: Image.Image, prompt: str, target: str) -> Example:
-        image = self.adapter.prepare_image(self.processor, image.convert("RGB"))
+        image = self.adapter.prepare_image(self.processor, image)
         key = (prompt, image.size)
         if key in self._text:
             return Example(

@@ -35,7 +35,8 @@ def change_percent(p_full: float, probs: list[float], clip_increases: bool) -> n
 
 
 def flow_curves(run_dir: Path, options: FlowOptions) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Mean change per layer grouped by (dataset, category, mode, k) then pathway."""
+    """Mean change per layer grouped by (dataset, category, mode, k) then pathway; a sample of several
+    categories (``categories``, e.g. DocVQA question types) is counted in each."""
     groups: dict[tuple[Any, ...], dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     meta: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in read_records(run_dir / "results.jsonl"):
@@ -43,11 +44,11 @@ def flow_curves(run_dir: Path, options: FlowOptions) -> dict[tuple[Any, ...], di
             continue
         if record["p_full"] <= 0:
             continue
-        key = (record.get("dataset") or "data", record.get("category") or "all", record["mode"], record["k"])
-        groups[key][record["pathway"]].append(
-            change_percent(record["p_full"], record["probs"], options.clip_increases)
-        )
-        meta[key] = {"cross_layers": record.get("cross_layers", []), "n_layers": len(record["probs"])}
+        change = change_percent(record["p_full"], record["probs"], options.clip_increases)
+        for category in dict.fromkeys(record.get("categories") or [record.get("category") or "all"]):
+            key = (record.get("dataset") or "data", category, record["mode"], record["k"])
+            groups[key][record["pathway"]].append(change)
+            meta[key] = {"cross_layers": record.get("cross_layers", []), "n_layers": len(record["probs"])}
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for key, by_pathway in groups.items():
         out[key] = {
