@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,16 +25,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from vistrace.adapters import get_adapter
 from vistrace.llava_original import (
     VICUNA_V1_SYSTEM,
     convert_original_llava_config,
     convert_original_llava_state_dict,
-    expand_to_square,
     is_original_llava,
     load_original_llava,
-    pad_color,
-    prepare_image,
 )
+from vistrace.loading import load
 
 VOCAB = 100
 IMAGE_SIZE, PATCH = 336, 14
@@ -205,7 +206,7 @@ def test_logits_match_reference_forward(
     original_weights: dict[str, torch.Tensor],
 ) -> None:
     model, processor = loaded
-    image = prepare_image(Image.new("RGB", (40, 30), (200, 30, 90)), processor)
+    image = Image.new("RGB", (40, 30), (200, 30, 90))
     prompt = processor.apply_chat_template(_chat(PROMPT), add_generation_prompt=True, tokenize=False)
     inputs = processor(text=prompt, images=image, return_tensors="pt")
     image_id = model.config.image_token_id
@@ -253,7 +254,8 @@ def test_chat_template_is_byte_exact(loaded: tuple[LlavaForConditionalGeneration
 
 def test_processor_metadata(loaded: tuple[LlavaForConditionalGeneration, LlavaProcessor]) -> None:
     model, processor = loaded
-    assert processor.image_aspect_ratio == "pad"  # type: ignore[attr-defined]
+    assert type(processor.image_processor).__name__ == "LlavaImageProcessorPil"
+    assert processor.image_processor.do_pad is True
     assert model.config.image_seq_length == N_PATCHES
     assert model.config.vision_feature_layer == -2
     assert model.config.vision_feature_select_strategy == "default"
@@ -273,6 +275,10 @@ def test_cls_patch_keeps_cls_position(
     assert int((inputs.input_ids == model.config.image_token_id).sum()) == N_PATCHES + 1
     with torch.no_grad():
         model(**inputs)
+    geometry = get_adapter(model).geometry(model, processor, (8, 8))
+    assert geometry.num_features == N_PATCHES + 1
+    assert geometry.kinds[0] == "cls" and np.isnan(geometry.boxes[0]).all()
+    assert geometry.grids[0].first == 1 and set(geometry.kinds[1:]) == {"patch"}
 
 
 def test_vision_tower_relative_and_explicit(
@@ -304,6 +310,15 @@ def test_unsupported_projector_is_a_clear_error(
     directory = _write_checkpoint(tmp_path / "ckpt", original_weights, "safetensors", config)
     with pytest.raises(ValueError, match=r"mm_projector_type='linear'.*supported values: \['mlp2x_gelu'\]"):
         load_original_llava(directory)
+    for overrides, message in (
+        ({"image_aspect_ratio": "anyres"}, r"config.json: image_aspect_ratio='anyres' is not supported"),
+        ({"mm_patch_merge_type": "spatial_unpad"}, r"config.json: mm_patch_merge_type='spatial_unpad'"),
+        ({"mm_vision_select_layer": [-2, -1]}, r"config.json: mm_vision_select_layer=\[-2, -1\]"),
+    ):
+        config = _original_config(str(tower_dir), **overrides)
+        directory = _write_checkpoint(tmp_path / str(len(message)), original_weights, "safetensors", config)
+        with pytest.raises(ValueError, match=message):
+            load_original_llava(directory)
     vision = CLIPVisionConfig.from_pretrained(tower_dir)
     with pytest.raises(ValueError, match=r"mm_vision_select_feature='cls'.*'patch', 'cls_patch'"):
         convert_original_llava_config(_original_config("x", mm_vision_select_feature="cls"), vision)
@@ -375,16 +390,79 @@ def test_is_original_llava(checkpoint: Path, tmp_path: Path) -> None:
     assert not is_original_llava(tmp_path / "absent")
 
 
-def test_expand_to_square_centres_on_mean_colour() -> None:
-    image = Image.new("RGB", (5, 2), (255, 0, 0))
-    processor = CLIPImageProcessorPil()
-    colour = pad_color(processor)
+def _pad_color(mean: Sequence[float]) -> tuple[int, int, int]:
+    """LLaVA's background: ``tuple(int(x * 255) for x in image_processor.image_mean)``."""
+    r, g, b = (int(x * 255) for x in mean)
+    return (r, g, b)
+
+
+def _expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """LLaVA's ``expand2square``: centre on a square of the long side, offset ``(long - short) // 2``."""
+    width, height = image.size
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def _hand_pixels(image: Image.Image, tower_dir: Path) -> torch.Tensor:
+    """Pad → resize → CLIP normalisation by hand, ``(1, 3, S, S)``: LLaVA's ``process_images`` with
+    ``image_aspect_ratio: pad`` (the CLIP crop is a no-op on a square resized to S)."""
+    settings = json.loads((tower_dir / "preprocessor_config.json").read_text())
+    mean, std = np.array(settings["image_mean"]), np.array(settings["image_std"])
+    square = _expand2square(image, _pad_color(settings["image_mean"]))
+    resized = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    pixels = (np.asarray(resized, dtype=np.float32) * np.float32(1 / 255) - mean) / std
+    return torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)[None]
+
+
+def test_pad_helpers_match_llava() -> None:
+    colour = _pad_color(CLIPImageProcessorPil().image_mean)
     assert colour == (122, 116, 104)
-    square = expand_to_square(image, colour)
+    square = _expand2square(Image.new("RGB", (5, 2), (255, 0, 0)), colour)
     assert square.size == (5, 5)
     assert [square.getpixel((0, y)) for y in range(5)] == [colour, (255, 0, 0), (255, 0, 0), colour, colour]
-    tall = expand_to_square(Image.new("RGB", (2, 5), (0, 255, 0)), colour)
-    assert [tall.getpixel((x, 0)) for x in range(5)] == [colour, (0, 255, 0), (0, 255, 0), colour, colour]
+
+
+def test_original_and_hf_copies_pad_a_non_square_image_like_llava(
+    checkpoint: Path, tower_dir: Path, original_weights: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """``image_aspect_ratio: pad`` reaches every path through the processor: the original-format
+    checkpoint and its HF-format copy give the same logits on a 200x100 image, equal to LLaVA's
+    pad -> resize -> CLIP done by hand, and not to the centre crop the CLIP processor alone makes."""
+    if not (checkpoint / "model.safetensors").exists():
+        pytest.skip("one weight format is enough")
+    noise = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    original = load(checkpoint)
+    copy_dir = tmp_path / "hf"
+    original.model.save_pretrained(copy_dir)
+    original.processor.save_pretrained(copy_dir)
+    copy = load(copy_dir)
+    assert not is_original_llava(copy_dir) and copy.processor.image_processor.do_pad
+    logits = []
+    for loaded_model in (original, copy):
+        prepared = loaded_model.adapter.prepare(loaded_model.model, loaded_model.processor, image, PROMPT)
+        with torch.no_grad():
+            logits.append(loaded_model.model(**prepared.inputs).logits)
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-5, rtol=0)
+
+    hand = _hand_pixels(image, tower_dir)
+    torch.testing.assert_close(prepared.inputs["pixel_values"], hand, atol=1e-5, rtol=0)
+    image_id = original.model.config.image_token_id
+    ids = prepared.inputs["input_ids"][0]
+    reference = _reference_logits(original_weights, tower_dir, ids, hand, image_id)
+    torch.testing.assert_close(logits[0][..., :VOCAB], reference, atol=1e-5, rtol=0)
+
+    cropped = CLIPImageProcessorPil.from_pretrained(tower_dir)(image, return_tensors="pt")["pixel_values"]
+    crop_reference = _reference_logits(original_weights, tower_dir, ids, cropped, image_id)
+    assert (crop_reference - reference).abs().max() > 1e-3
+
+    geometry = original.adapter.geometry(original.model, original.processor, image.size)
+    side = IMAGE_SIZE // PATCH
+    assert geometry.kinds[:side] == ("padding",) * side
+    middle = geometry.boxes[(side // 2) * side]
+    assert middle[0] == 0.0 and middle[2] == pytest.approx(200 * PATCH / IMAGE_SIZE)
 
 
 def test_real_llava_15_7b_structure_on_meta(tmp_path: Path) -> None:

@@ -18,6 +18,25 @@ the mean of the existing rows. The embedding row is never used (image features r
 a mean ``lm_head`` row gives the new token a logit equal to the mean logit, so by Jensen's
 inequality its probability is at most ``1 / (V + 1)`` and every other token's probability is
 scaled by at least ``V / (V + 1)``; generation additionally suppresses the token.
+
+Settings read from ``config.json`` — each is carried by the loaded model or processor, so every
+command applies it, or the load is refused with one line naming the file:
+
+- ``mm_vision_select_layer`` (one int) → ``vision_feature_layer``;
+- ``mm_vision_select_feature``: ``patch`` → strategy ``default`` (CLS dropped), ``cls_patch`` →
+  ``full`` (CLS kept as the first image position); other values refused;
+- ``image_aspect_ratio``: ``pad`` → the image processor's ``do_pad`` (LLaVA's ``expand2square`` in
+  the mean colour, before resize and crop); ``square`` or absent → no padding (LLaVA then hands the
+  image to the CLIP processor as is); ``anyres`` and others refused;
+- ``mm_projector_type`` ``mlp2x_gelu``, ``mm_patch_merge_type`` ``flat``, ``mm_use_im_start_end``
+  false: the only values accepted;
+- ``mm_vision_tower`` → the CLIP tower (``vision_tower=`` / ``--vision-tower`` overrides it);
+- Llama fields (``rope_theta``, ``rope_scaling``, ``max_position_embeddings`` …) → the text config.
+
+Not used at inference by LLaVA's own code, so read nowhere: ``mm_use_im_patch_token`` (adds a token
+to the tokenizer only), ``image_grid_pinpoints`` (``anyres`` only), ``tokenizer_model_max_length``,
+``tokenizer_padding_side`` and the training flags (``tune_mm_mlp_adapter``, ``freeze_*``,
+``mm_projector_lr``, ``use_mm_proj``).
 """
 
 from __future__ import annotations
@@ -30,7 +49,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
     AddedToken,
@@ -41,6 +59,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
     LlavaProcessor,
 )
 from transformers.utils import logging as hf_logging
@@ -51,17 +70,15 @@ __all__ = [
     "VICUNA_V1_SYSTEM",
     "convert_original_llava_config",
     "convert_original_llava_state_dict",
-    "expand_to_square",
     "is_original_llava",
     "load_original_llava",
-    "pad_color",
-    "prepare_image",
 ]
 
 IMAGE_TOKEN = "<image>"
 SUPPORTED_PROJECTORS = ("mlp2x_gelu",)
 SELECT_FEATURE_TO_STRATEGY: dict[str, Literal["default", "full"]] = {"patch": "default", "cls_patch": "full"}
 SUPPORTED_ASPECT_RATIOS = ("pad", "square", None)
+_CLIP_PROCESSORS = ("CLIPImageProcessorPil", "LlavaImageProcessorPil")
 
 VICUNA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -133,7 +150,8 @@ def is_original_llava(path: str | Path) -> bool:
     return has_mm_keys and "text_config" not in config
 
 
-def _validate(orig: Mapping[str, Any]) -> None:
+def _validate(orig: Mapping[str, Any], where: str = "") -> None:
+    """Refuse, in one line, a setting whose value vistrace cannot apply (see the module doc)."""
     checks: tuple[tuple[str, Any, tuple[Any, ...]], ...] = (
         ("mm_projector_type", "linear", SUPPORTED_PROJECTORS),
         ("mm_vision_select_feature", "patch", tuple(SELECT_FEATURE_TO_STRATEGY)),
@@ -141,10 +159,16 @@ def _validate(orig: Mapping[str, Any]) -> None:
         ("mm_use_im_start_end", False, (False,)),
         ("mm_patch_merge_type", "flat", ("flat",)),
     )
+    prefix = f"{where}: " if where else ""
     for field, default, supported in checks:
         value = orig.get(field, default)
         if value not in supported:
-            raise ValueError(f"{field}={value!r} is not supported; supported values: {list(supported)}")
+            raise ValueError(
+                f"{prefix}{field}={value!r} is not supported; supported values: {list(supported)}"
+            )
+    layer = orig.get("mm_vision_select_layer", -2)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"{prefix}mm_vision_select_layer={layer!r} is not supported; expected one int")
 
 
 def _text_config(orig: Mapping[str, Any], vocab_size: int) -> LlamaConfig:
@@ -327,32 +351,20 @@ def _check_keys(config: LlavaConfig, sd: Mapping[str, torch.Tensor], path: Path)
         raise ValueError(f"{path}: weights do not match the converted model: {details}")
 
 
-def pad_color(image_processor: Any) -> tuple[int, int, int]:
-    """Background colour LLaVA pads with: the processor's mean, in 0..255."""
-    r, g, b = (int(x * 255) for x in image_processor.image_mean)
-    return (r, g, b)
+def _image_processor(tower: Path, aspect_ratio: str | None) -> LlavaImageProcessorPil:
+    """The tower's CLIP preprocessing as a ``LlavaImageProcessor`` that pads to a square in the mean
+    colour (LLaVA's ``expand2square``) when the checkpoint says ``image_aspect_ratio: pad``.
 
-
-def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Centre ``image`` (W×H) on a square canvas of side ``max(W, H)`` filled with ``background``.
-
-    Identical to LLaVA's ``expand2square``: the offset is ``(long - short) // 2``.
+    The padding is the processor's own step (``do_pad``), so it runs wherever the processor runs —
+    every command, a saved HF-format copy, the user's own calls — and the geometry reads it there.
     """
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
-def prepare_image(image: Image.Image, processor: LlavaProcessor) -> Image.Image:
-    """RGB image, padded to a square when the checkpoint's ``image_aspect_ratio`` is ``"pad"``."""
-    image = image.convert("RGB")
-    if getattr(processor, "image_aspect_ratio", None) == "pad":
-        image = expand_to_square(image, pad_color(processor.image_processor))
-    return image
+    found = AutoImageProcessor.from_pretrained(tower, backend="pil")
+    if type(found).__name__ not in _CLIP_PROCESSORS:
+        raise ValueError(
+            f"{tower}: the vision tower's image processor is {type(found).__name__}; original-format LLaVA "
+            f"checkpoints are read with a CLIP one ({', '.join(_CLIP_PROCESSORS)})"
+        )
+    return LlavaImageProcessorPil.from_pretrained(tower, do_pad=aspect_ratio == "pad")
 
 
 def load_original_llava(
@@ -376,9 +388,10 @@ def load_original_llava(
 
     Returns:
         ``(model, processor)``. One ``<image>`` in the text expands to ``(S/P)^2`` positions
-        (576 for 336 px, patch 14, CLS dropped). ``processor.image_aspect_ratio`` holds the
-        checkpoint's value (``"pad"``: pad with :func:`prepare_image` before processing);
-        ``processor.chat_template`` is :data:`VICUNA_V1_CHAT_TEMPLATE`.
+        (576 for 336 px, patch 14, CLS dropped). ``processor.image_processor`` is the tower's CLIP
+        preprocessing as a ``LlavaImageProcessor`` whose ``do_pad`` is ``image_aspect_ratio ==
+        "pad"``; ``processor.chat_template`` is :data:`VICUNA_V1_CHAT_TEMPLATE`. Saved with
+        ``save_pretrained``, model and processor are an HF-format copy that computes the same.
 
     Raises:
         FileNotFoundError: the vision tower is not a local directory, or no weights are found.
@@ -391,7 +404,7 @@ def load_original_llava(
     if not is_original_llava(path):
         raise ValueError(f"{path}: not an original LLaVA checkpoint (no mm_projector_type/mm_vision_tower)")
     orig = _read_config(path)
-    _validate(orig)
+    _validate(orig, str(path / "config.json"))
     tower = _resolve_vision_tower(path, orig, vision_tower)
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -433,9 +446,8 @@ def load_original_llava(
     model.eval()
     model.generation_config.suppress_tokens = [image_token_id]
 
-    image_processor = AutoImageProcessor.from_pretrained(tower, backend="pil")
     processor = LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=_image_processor(tower, orig.get("image_aspect_ratio")),
         tokenizer=tokenizer,
         patch_size=_grid_and_patch(vision_config)[1],
         vision_feature_select_strategy=config.vision_feature_select_strategy,
@@ -443,5 +455,4 @@ def load_original_llava(
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,
     )
-    processor.image_aspect_ratio = orig.get("image_aspect_ratio")  # type: ignore[attr-defined]
     return model, processor
