@@ -342,7 +342,9 @@ def test_docvqa_anls_rules(tmp_path: Path) -> None:
     assert [score_record(r) for r in records] == [1.0, pytest.approx(0.875), 0.0]
     assert score_run(tmp_path).metric == "anls"
     assert score_record(records[1], anls_threshold=0.9) == 0.0
-    assert build_analysis_set(tmp_path, tmp_path / "p.jsonl").overall.kept == 2
+    # the paper keeps ANLS 1 only (create_docvqa.py); ANLS > 0 is a score rule
+    assert build_analysis_set(tmp_path, tmp_path / "p.jsonl").overall.kept == 1
+    assert build_analysis_set(tmp_path, tmp_path / "s.jsonl", correct_rule="score>0").overall.kept == 2
     assert build_analysis_set(tmp_path, tmp_path / "t.jsonl", correct_rule="score>=0.9").overall.kept == 1
     with pytest.raises(ValueError, match="all_agree"):
         build_analysis_set(tmp_path, tmp_path / "u.jsonl", correct_rule="all_agree")

@@ -281,7 +281,9 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], *, always_normalize: b
 def vqa_all_agree(prediction: str, answers: Sequence[str], *, always_normalize: bool = False) -> bool:
     """Whether every annotator's answer equals the prediction, both processed as in :func:`vqa_accuracy`.
 
-    This is the paper's VQAv2 correct-set rule ("all ten annotators agree"). Raises ValueError when
+    This is ``vistrace build``'s ``all_agree`` rule: "all ten annotators agree" as the official
+    metric processes the answers (so ``"Yes"`` does not agree with ten ``"yes"``). The paper's own
+    rule lower-cases first: :func:`vistrace.paper_rules.paper_vqa_kept`. Raises ValueError when
     ``answers`` is empty.
     """
     res, gts = _vqa_processed(prediction, answers, always_normalize)

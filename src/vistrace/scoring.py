@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from vistrace.evaluate import CONFIG_FILE, PREDICTIONS_FILE, SKIPPED_FILE, read_jsonl
 from vistrace.metrics import anls, mc_accuracy, vqa_accuracy, vqa_all_agree
+from vistrace.paper_rules import PAPER_DATASETS, paper_docvqa_kept, paper_visual7w_kept, paper_vqa_kept
 
 __all__ = [
+    "PAPER_CATEGORY_ORDER",
     "BuildSummary",
     "CategoryCount",
     "CategoryScore",
@@ -27,6 +29,7 @@ __all__ = [
     "build_analysis_set",
     "is_correct",
     "metric_name",
+    "record_categories",
     "score_record",
     "score_run",
     "summary_path",
@@ -37,6 +40,12 @@ McRule = Literal["paper", "official"]
 NO_CATEGORY = "(none)"
 _SCORE_RULE = re.compile(r"^score\s*(>=|>)\s*([0-9]*\.?[0-9]+)$")
 _DROPPED_KEYS = ("generated_ids", "prediction")
+PAPER_CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
+    "vqav2": ("other", "yes/no", "number"),
+    "visual7w": ("what", "where", "how", "who", "when", "why"),
+}
+"""The order in which the paper's ``create_vqa.py`` / ``create_visual7w.py`` draw their per-category
+samples from one generator seeded once (VQAv2 answer types as the annotations spell them)."""
 
 
 def metric_name(dataset: str) -> str:
@@ -83,8 +92,10 @@ def is_correct(
 ) -> bool:
     """Whether a prediction record belongs to the correct set under ``rule``.
 
-    - ``"paper"``: VQAv2 ``"all_agree"``; every other dataset ``"score>0"`` (DocVQA ANLS > 0,
-      Visual7W and generic data a match);
+    - ``"paper"``: the FlowTracker code's test (:mod:`vistrace.paper_rules`): VQAv2
+      :func:`~vistrace.paper_rules.paper_vqa_kept`, Visual7W
+      :func:`~vistrace.paper_rules.paper_visual7w_kept`, DocVQA
+      :func:`~vistrace.paper_rules.paper_docvqa_kept`; refused for other datasets;
     - ``"all_agree"`` (VQAv2 only): every annotator's answer equals the prediction
       (:func:`~vistrace.metrics.vqa_all_agree`, processed as ``vqa_rule`` says);
     - ``"score>X"`` / ``"score>=X"``: :func:`score_record` compared with ``X``.
@@ -96,31 +107,50 @@ def is_correct(
     answers = [str(a) for a in record.get("answers") or ()]
     if not record.get("generated_ids") or not answers:
         return False
-    if parsed is None:
-        prediction = str(record.get("prediction", ""))
+    prediction = str(record.get("prediction", ""))
+    if parsed == "paper":
+        if dataset == "vqav2":
+            return paper_vqa_kept(prediction, answers)
+        if dataset == "visual7w":
+            return paper_visual7w_kept(prediction, answers[0])
+        return paper_docvqa_kept(prediction, answers)
+    if parsed == "all_agree":
         return vqa_all_agree(prediction, answers, always_normalize=vqa_rule == "always_normalize")
     operator, threshold = parsed
     score = score_record(record, vqa_rule=vqa_rule, mc_rule=mc_rule, anls_threshold=anls_threshold)
     return score is not None and (score >= threshold if operator == ">=" else score > threshold)
 
 
-def _parse_rule(rule: str, dataset: str) -> tuple[str, float] | None:
-    """(operator, threshold) of a score rule, None for ``all_agree``; ValueError for a bad rule."""
+def _parse_rule(rule: str, dataset: str) -> tuple[str, float] | Literal["paper", "all_agree"]:
+    """(operator, threshold) of a score rule, or the name of a named rule; ValueError for a bad rule
+    or a rule that does not apply to ``dataset``."""
     if rule == "paper":
-        rule = "all_agree" if dataset == "vqav2" else "score>0"
+        if dataset not in PAPER_DATASETS:
+            raise ValueError(
+                f"rule 'paper' is the FlowTracker code's test for {', '.join(PAPER_DATASETS)}, not "
+                f"{dataset!r}; use score>0 (a match) or score>=X"
+            )
+        return "paper"
     if rule == "all_agree":
         if dataset != "vqav2":
             raise ValueError(f"rule 'all_agree' needs VQAv2 predictions, not {dataset!r}")
-        return None
+        return "all_agree"
     match = _SCORE_RULE.match(rule.strip())
     if match is None:
-        raise ValueError(f"unknown correct-set rule {rule!r}; expected 'paper', 'all_agree' or 'score>=X'")
+        raise ValueError(
+            f"unknown correct-set rule {rule!r}; expected 'paper', 'all_agree', 'score>X' or 'score>=X'"
+        )
     return match.group(1), float(match.group(2))
 
 
-def _category(record: Mapping[str, Any]) -> str:
-    value = record.get("category")
-    return NO_CATEGORY if value is None else str(value)
+def record_categories(record: Mapping[str, Any]) -> list[str]:
+    """Every category of a prediction record (``categories``, else ``category``), ``(none)`` when none.
+
+    A question of several categories (DocVQA ``question_types``) is counted in each.
+    """
+    values = record.get("categories") or [record.get("category")]
+    names = [NO_CATEGORY if value is None else str(value) for value in values]
+    return list(dict.fromkeys(names))
 
 
 def _id_key(value: Any) -> tuple[int, int, str]:
@@ -209,24 +239,27 @@ def score_run(
     """Score every prediction of ``run_dir`` and write ``scores.json`` and ``scores.csv`` there.
 
     The metric follows the run's dataset (see :func:`score_record`); the score of a category is the
-    mean over its predictions that have reference answers.
+    mean over its predictions that have reference answers (a prediction of several categories counts
+    in each; ``overall`` counts it once).
     """
     run = Path(run_dir)
     records, config = _load_run(run)
     dataset = _run_dataset(records, config)
     per_category: dict[str, list[float]] = {}
+    every: list[float] = []
     unscored = 0
     for record in records:
         score = score_record(record, vqa_rule=vqa_rule, mc_rule=mc_rule, anls_threshold=anls_threshold)
         if score is None:
             unscored += 1
             continue
-        per_category.setdefault(_category(record), []).append(score)
+        every.append(score)
+        for name in record_categories(record):
+            per_category.setdefault(name, []).append(score)
     categories = tuple(
         CategoryScore(name, len(values), sum(values) / len(values))
         for name, values in sorted(per_category.items())
     )
-    every = [value for values in per_category.values() for value in values]
     overall = CategoryScore("overall", len(every), sum(every) / len(every) if every else 0.0)
     metric = metric_name(dataset)
     settings: dict[str, Any] = {"mc_rule": mc_rule}
@@ -329,6 +362,35 @@ def summary_path(out_file: str | Path) -> Path:
     return out.with_name(f"{out.stem}.summary.json")
 
 
+def _draw(
+    correct: Mapping[str, Sequence[dict[str, Any]]],
+    order: Sequence[str],
+    per_category: int,
+    seed: int,
+    paper: bool,
+) -> list[dict[str, Any]]:
+    """The records kept by per-category sampling (each at most once), in the order drawn.
+
+    ``paper``: one ``random.Random(seed)`` for every category in ``order``, a category with at least
+    ``per_category`` correct records drawing ``sample(records, per_category)`` from them in
+    prediction-file order, as ``create_vqa.py`` / ``create_visual7w.py`` do. Otherwise a fresh
+    ``random.Random(seed)`` per category, drawing only when it has more than ``per_category``, from
+    its records in id order.
+    """
+    generator = random.Random(seed)
+    kept: dict[str, dict[str, Any]] = {}
+    for category in order:
+        population = list(correct.get(category, ()))
+        if not paper:
+            population.sort(key=lambda r: _id_key(r["id"]))
+            generator = random.Random(seed)
+        if len(population) > per_category or (paper and len(population) == per_category):
+            population = generator.sample(population, per_category)
+        for record in population:
+            kept.setdefault(str(record["id"]), record)
+    return list(kept.values())
+
+
 def build_analysis_set(
     run_dir: str | Path,
     out_file: str | Path,
@@ -343,37 +405,51 @@ def build_analysis_set(
     """Write the correct predictions of ``run_dir`` as trace input JSONL to ``out_file``.
 
     Correctness follows :func:`is_correct` with ``correct_rule``. With ``per_category``, at most
-    that many records per category are kept, drawn by ``random.Random(seed).sample`` from the
-    category's correct records in id order (a fresh generator per category, categories in name
-    order). Lines are in id order. The summary goes to :func:`summary_path` and is returned.
+    that many records per category are drawn (see :func:`_draw`): under ``paper`` as the paper's
+    ``create_*.py`` scripts draw (one generator, categories in :data:`PAPER_CATEGORY_ORDER` then any
+    others by name, prediction-file order; the paper samples no DocVQA set, so ``per_category`` is
+    refused there), otherwise a fresh generator per category, categories by name, id order. A record
+    of several categories is a candidate in each and kept once. Lines are in id order. The summary
+    goes to :func:`summary_path` and is returned.
     """
     if per_category is not None and per_category < 1:
         raise ValueError(f"per_category must be at least 1, got {per_category}")
     run = Path(run_dir)
     records, config = _load_run(run)
     dataset = _run_dataset(records, config)
-    _parse_rule(correct_rule, dataset)
+    paper = _parse_rule(correct_rule, dataset) == "paper"
+    if paper and per_category is not None and dataset == "docvqa":
+        raise ValueError(
+            "rule 'paper' keeps every correct DocVQA question (create_docvqa.py draws no sample); "
+            "drop the per-category limit or use a score rule"
+        )
     rules: dict[str, Any] = {"vqa_rule": vqa_rule, "mc_rule": mc_rule, "anls_threshold": anls_threshold}
     totals: dict[str, int] = {}
     correct: dict[str, list[dict[str, Any]]] = {}
-    for record in sorted(records, key=lambda r: _id_key(r["id"])):
-        category = _category(record)
-        totals[category] = totals.get(category, 0) + 1
-        correct.setdefault(category, [])
+    for record in records:
+        names = record_categories(record)
+        for name in names:
+            totals[name] = totals.get(name, 0) + 1
+            correct.setdefault(name, [])
         if is_correct(record, correct_rule, **rules):
-            correct[category].append(_trace_record(record, score_record(record, **rules)))
-    kept_all: list[dict[str, Any]] = []
-    counts: list[CategoryCount] = []
-    for category in sorted(totals):
-        chosen = correct[category]
-        if per_category is not None and len(chosen) > per_category:
-            chosen = random.Random(seed).sample(chosen, per_category)
-            chosen.sort(key=lambda r: _id_key(r["id"]))
-        kept_all.extend(chosen)
-        counts.append(_count(category, len(correct[category]), totals[category], chosen))
+            traced = _trace_record(record, score_record(record, **rules))
+            for name in names:
+                correct[name].append(traced)
+    if per_category is None:
+        chosen = {str(r["id"]): r for rows in correct.values() for r in rows}
+        kept_all = list(chosen.values())
+    else:
+        first = PAPER_CATEGORY_ORDER.get(dataset, ()) if paper else ()
+        order = [*(c for c in first if c in totals), *sorted(c for c in totals if c not in first)]
+        kept_all = _draw(correct, order, per_category, seed, paper)
     kept_all.sort(key=lambda r: _id_key(r["id"]))
-    n_correct = sum(len(c) for c in correct.values())
-    overall = _count("overall", n_correct, sum(totals.values()), kept_all)
+    kept_ids = {str(r["id"]) for r in kept_all}
+    counts = [
+        _count(name, len(correct[name]), totals[name], [r for r in correct[name] if str(r["id"]) in kept_ids])
+        for name in sorted(totals)
+    ]
+    n_correct = len({str(r["id"]) for rows in correct.values() for r in rows})
+    overall = _count("overall", n_correct, len(records), kept_all)
 
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
