@@ -57,6 +57,19 @@ ModelOption = Annotated[
 DtypeOption = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 … (default: cpu).")]
 DeviceMapOption = Annotated[str | None, typer.Option("--device-map", help="e.g. auto: shard over GPUs.")]
+VisionTowerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--vision-tower",
+        help="CLIP tower directory for an original-format LLaVA checkpoint (default: its mm_vision_tower).",
+    ),
+]
+# The model options above are the whole of what every model-loading command (check, eval, trace,
+# attend) takes to load its model, each command listing all five and passing them to _load.
+ImagesOption = Annotated[
+    Path | None,
+    typer.Option(help="Folder that relative image paths are resolved against (default: the data file's)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -99,14 +112,13 @@ def check(
     model: ModelOption,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
-    vision_tower: Annotated[
-        str | None, typer.Option(help="CLIP tower directory (original LLaVA format).")
-    ] = None,
+    device_map: DeviceMapOption = None,
+    vision_tower: VisionTowerOption = None,
 ) -> None:
     """Run the seam's invariants on MODEL and print a table; exit code 0 only when all pass."""
     from vistrace.check import format_results, run_checks
 
-    results = run_checks(_load(model, dtype, device, vision_tower=vision_tower))
+    results = run_checks(_load(model, dtype, device, device_map, vision_tower))
     typer.echo(format_results(results))
     failed = [r for r in results if not r.passed]
     if failed:
@@ -149,6 +161,8 @@ def trace(
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     device_map: DeviceMapOption = None,
+    vision_tower: VisionTowerOption = None,
+    images: ImagesOption = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N samples.")] = None,
 ) -> None:
     """Knockout sweep: block each pathway in sliding windows of k layers and score the answer."""
@@ -157,7 +171,7 @@ def trace(
     if mode not in ("strict", "paper"):
         raise typer.BadParameter("mode must be strict or paper")
     summary = run_trace(
-        _load(model, dtype, device, device_map),
+        _load(model, dtype, device, device_map, vision_tower),
         data,
         out,
         pathways=[p.strip() for p in pathways.split(",") if p.strip()],
@@ -166,6 +180,7 @@ def trace(
         strategy=strategy,
         temperature=temperature,
         limit=limit,
+        images_dir=images,
     )
     typer.echo(
         f"{summary.traced} traced, {summary.resumed} already done, {summary.skipped} skipped; "
@@ -225,16 +240,16 @@ def attend(
     max_new_tokens: int = 1024,
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
-    vision_tower: Annotated[
-        str | None, typer.Option(help="CLIP tower directory (original LLaVA format).")
-    ] = None,
+    device_map: DeviceMapOption = None,
+    vision_tower: VisionTowerOption = None,
+    images: ImagesOption = None,
 ) -> None:
     """Generate (answer, feedback, revision) and record every token's attention to the image."""
     from vistrace.volcano import run_volcano
 
     indices = [int(v) for v in instance_idx.split(",")] if instance_idx else None
     log_path = run_volcano(
-        _load(model, dtype, device, vision_tower=vision_tower),
+        _load(model, dtype, device, device_map, vision_tower),
         input,
         out,
         volcano=not no_volcano,
@@ -242,6 +257,7 @@ def attend(
         sample=sample,
         max_new_tokens=max_new_tokens,
         instance_idx=indices,
+        images_dir=images,
     )
     typer.echo(f"log: {log_path}")
 
@@ -255,7 +271,8 @@ def eval_command(
     annotations: Annotated[
         Path | None, typer.Option(help="VQAv2 annotations / Visual7W / DocVQA / MMHal / JSONL file.")
     ] = None,
-    images: Annotated[Path | None, typer.Option(help="Image directory.")] = None,
+    images: ImagesOption = None,
+    split: Annotated[str | None, typer.Option(help="Visual7W split: test (default), val or train.")] = None,
     batch_size: int = 8,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Default: 25 (VQAv2, Visual7W), 512 (DocVQA).")
@@ -265,34 +282,19 @@ def eval_command(
     dtype: DtypeOption = "float32",
     device: DeviceOption = None,
     device_map: DeviceMapOption = None,
+    vision_tower: VisionTowerOption = None,
 ) -> None:
     """Run the model over a dataset with the paper's prompts; predictions with their token ids."""
-    from vistrace.datasets import read_docvqa, read_mmhal, read_visual7w, read_vqav2
-    from vistrace.datasets.generic import read_json_records
+    from vistrace.datasets import read_dataset
     from vistrace.evaluate import evaluate
 
     if annotations is None:
         raise typer.BadParameter("--annotations is required (the dataset file)")
-    if dataset == "vqav2":
-        if questions is None:
-            raise typer.BadParameter("VQAv2 needs --questions and --annotations")
-        read = read_vqav2(questions, annotations, images)
-    elif dataset == "visual7w":
-        read = read_visual7w(annotations, images)
-    elif dataset == "docvqa":
-        read = read_docvqa(annotations, images)
-    elif dataset == "mmhal":
-        read = read_mmhal(annotations, images)
-    elif dataset == "jsonl":
-        read = read_json_records(
-            annotations, {"id": "id", "image": "image", "question": "question", "answers": "answers"}, images
-        )
-    else:
-        raise typer.BadParameter(f"unknown dataset {dataset!r}")
+    read = read_dataset(dataset, annotations, questions=questions, images=images, split=split)
     for skipped in read.skipped:
         logging.getLogger("vistrace.eval").warning("skipped %s", skipped.reason)
     summary = evaluate(
-        _load(model, dtype, device, device_map),
+        _load(model, dtype, device, device_map, vision_tower),
         read.examples,
         out,
         dataset=dataset,
@@ -323,19 +325,45 @@ def score(
     typer.echo(table.format_table())
 
 
+_RULES_HELP = (
+    "Which questions count as correct. paper: the FlowTracker code's test per dataset (VQAv2: all ten "
+    "answers equal the prediction after its lower-casing, contraction and number-word preprocessing; "
+    "Visual7W: equal lower-cased alphanumerics; DocVQA: equal to an answer after lower-casing) and its "
+    "sampling. all_agree: VQAv2, every annotator's answer equals the prediction as the official metric "
+    "processes them (unanimous answers are not normalised, so 'Yes' misses ten 'yes'). score>X, score>=X: "
+    "the official score (VQA accuracy, ANLS, match) compared with X."
+)
+
+
 @app.command()
 def build(
     run_dir: Annotated[Path, typer.Argument(help="An eval run directory.")],
     out: Annotated[Path, typer.Option(help="Output JSONL (the input of vistrace trace).")],
-    per_category: Annotated[int | None, typer.Option(help="Sample N per category (paper: 1000).")] = None,
+    per_category: Annotated[
+        int | None, typer.Option(help="Sample N per category (paper: 1000 for VQAv2 and Visual7W).")
+    ] = None,
     seed: int = 42,
-    correct_rule: Annotated[str, typer.Option(help="paper, all_agree, score>X or score>=X.")] = "paper",
+    rule: Annotated[str, typer.Option("--rule", "--correct-rule", help=_RULES_HELP)] = "paper",
+    vqa_rule: Annotated[
+        str, typer.Option(help="How all_agree and score rules process VQAv2: official or always_normalize.")
+    ] = "official",
+    mc_rule: Annotated[str, typer.Option(help="Visual7W match of score rules: paper or official.")] = (
+        "paper"
+    ),
+    anls_threshold: Annotated[float, typer.Option(help="ANLS threshold for score rules.")] = 0.5,
 ) -> None:
     """Keep the questions the model got right and sample a balanced analysis set."""
     from vistrace.scoring import build_analysis_set
 
     summary = build_analysis_set(
-        run_dir, out, per_category=per_category, seed=seed, correct_rule=correct_rule
+        run_dir,
+        out,
+        per_category=per_category,
+        seed=seed,
+        correct_rule=rule,
+        vqa_rule=cast(Any, vqa_rule),
+        mc_rule=cast(Any, mc_rule),
+        anls_threshold=anls_threshold,
     )
     typer.echo(summary.format_table())
 
