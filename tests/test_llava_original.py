@@ -26,6 +26,9 @@ from transformers import (
 )
 
 from vistrace.adapters import get_adapter
+from vistrace.capture import _encode
+from vistrace.datasets import Example
+from vistrace.evaluate import _Runner
 from vistrace.llava_original import (
     VICUNA_V1_SYSTEM,
     convert_original_llava_config,
@@ -429,7 +432,9 @@ def test_original_and_hf_copies_pad_a_non_square_image_like_llava(
 ) -> None:
     """``image_aspect_ratio: pad`` reaches every path through the processor: the original-format
     checkpoint and its HF-format copy give the same logits on a 200x100 image, equal to LLaVA's
-    pad -> resize -> CLIP done by hand, and not to the centre crop the CLIP processor alone makes."""
+    pad -> resize -> CLIP done by hand, and not to the centre crop the CLIP processor alone makes;
+    evaluation batches and the Volcano loop's conversations get the same pixels as ``prepare``
+    (which trace, attend and check use)."""
     if not (checkpoint / "model.safetensors").exists():
         pytest.skip("one weight format is enough")
     noise = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
@@ -449,6 +454,12 @@ def test_original_and_hf_copies_pad_a_non_square_image_like_llava(
 
     hand = _hand_pixels(image, tower_dir)
     torch.testing.assert_close(prepared.inputs["pixel_values"], hand, atol=1e-5, rtol=0)
+    image.save(tmp_path / "wide.png")
+    runner = _Runner(original, "jsonl", 42, 2, tmp_path)
+    batch = runner.encode([runner.prepare(Example(id="1", image=tmp_path / "wide.png", question=PROMPT))])
+    conversation = _encode(original, image, _chat(PROMPT))
+    for pixels in (batch["pixel_values"], conversation.inputs["pixel_values"]):
+        torch.testing.assert_close(pixels, hand, atol=1e-5, rtol=0)
     image_id = original.model.config.image_token_id
     ids = prepared.inputs["input_ids"][0]
     reference = _reference_logits(original_weights, tower_dir, ids, hand, image_id)
