@@ -14,12 +14,13 @@ from vistrace import __version__
 
 class _Commands(TyperGroup):
     """Reports the library's errors about the user's input (missing file, bad record, settings that
-    cannot work) as one `Error:` line and exit code 1; the traceback is logged with --verbose."""
+    cannot work, an optional package not installed) as one `Error:` line and exit code 1; the
+    traceback is logged with --verbose."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, ImportError) as error:
             self._report(error)
         except Exception as error:
             from vistrace.datasets import DatasetError
