@@ -24,7 +24,7 @@ from vistrace.paper_rules import (
     paper_vqa_kept,
     paper_vqa_preprocess,
 )
-from vistrace.scoring import build_analysis_set, is_correct
+from vistrace.scoring import build_analysis_set, is_correct, score_run
 
 PREPROCESSED = [
     ("Yes", "yes"),
@@ -182,6 +182,9 @@ def test_paper_rule_refusals_and_docvqa_categories(tmp_path: Path) -> None:
         "layout": (1, 2),
     }
     assert (summary.overall.correct, summary.overall.total, summary.overall.kept) == (1, 2, 1)
+    scores = score_run(doc)
+    assert {c.category: c.count for c in scores.categories} == {"handwritten": 1, "layout": 2}
+    assert scores.overall.count == 2
     assert build_analysis_set(doc, tmp_path / "anls.jsonl", correct_rule="score>0").overall.kept == 2
     with pytest.raises(ValueError, match=r"create_docvqa\.py draws no sample"):
         build_analysis_set(doc, tmp_path / "x.jsonl", per_category=1)
