@@ -49,7 +49,10 @@ def test_fast_equals_naive(
     loaded = tiny_models[family]
     prepared = _prepared(loaded)
     runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
-    pathways = [*PATHWAYS, Pathway.parse("image_to_answer"), Pathway.parse("question_to_template")]
+    # question_to_question in paper mode blocks every key of the first rows: the research code's block
+    # value makes such a row uniform over all keys, later positions included.
+    extra = ["image_to_answer", "question_to_template", "question_to_question"]
+    pathways = [*PATHWAYS, *(Pathway.parse(p) for p in extra)]
     naive = runner.run(prepared, answer, pathways, k, "naive")
     fast = runner.run(prepared, answer, pathways, k, "fast")
     assert abs(fast.p_full - naive.p_full) <= 1e-5 + 1e-4 * naive.p_full
@@ -57,6 +60,9 @@ def test_fast_equals_naive(
         expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
         actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
         assert torch.all((actual - expected).abs() <= 1e-5 + 1e-4 * expected.abs()), pathway.name
+        # The answer's probability can be far below the absolute tolerance: compare log-probabilities.
+        worst_log = float((actual.log() - expected.log()).abs().max())
+        assert worst_log <= 1e-4, (pathway.name, worst_log)
     assert fast.layer_evaluations < naive.layer_evaluations
 
 

@@ -347,7 +347,7 @@ class _PathwayPlan:
             first = int(hits[0])
             last = seq.prompt_len - 1 + step
             entry = _Step(first, False)
-            if held == first:
+            if held == first and not _sees_later_positions(seq, pathway, step, has_self):
                 row = last - 1
                 same = _row_pattern(seq, pathway, step, row, has_self, has_cross) == _row_pattern(
                     seq, pathway, step - 1, row, has_self, has_cross
@@ -374,6 +374,20 @@ def _changed_rows(
     if has_cross:
         cross_rows = dst & seq.image_rows(len(roles)) if seq.mode == "paper" else dst
     return self_rows, cross_rows
+
+
+def _sees_later_positions(seq: _Sequence, pathway: Pathway, step: int, has_self: bool) -> bool:
+    """Whether, at answer step `step`, a self-attention row has every earlier key blocked in paper mode.
+
+    The research code's block value equals the causal mask's, so such a row is uniform over every key of
+    the sequence, later positions included: its re-run rows change when the sequence grows by one
+    answer token, and cannot be reused from the previous step.
+    """
+    if seq.mode != "paper" or not has_self:
+        return False
+    roles = seq.roles(step)
+    only_src_so_far = torch.cumprod((roles == pathway.src).int(), 0).bool()
+    return bool((only_src_so_far & (roles == pathway.dst)).any())
 
 
 def _row_pattern(
