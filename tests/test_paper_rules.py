@@ -188,6 +188,8 @@ def test_paper_rule_refusals_and_docvqa_categories(tmp_path: Path) -> None:
     assert build_analysis_set(doc, tmp_path / "anls.jsonl", correct_rule="score>0").overall.kept == 2
     with pytest.raises(ValueError, match=r"create_docvqa\.py draws no sample"):
         build_analysis_set(doc, tmp_path / "x.jsonl", per_category=1)
+    with pytest.raises(ValueError, match="unknown VQA rule 'loose'"):
+        build_analysis_set(doc, tmp_path / "z.jsonl", vqa_rule="loose")  # type: ignore[arg-type]
     generic = _write_run(tmp_path / "generic", [_record(1, "jsonl", "a", ["a"], None)])
     with pytest.raises(ValueError, match="rule 'paper' is the FlowTracker code's test for vqav2, visual7w"):
         build_analysis_set(generic, tmp_path / "y.jsonl")

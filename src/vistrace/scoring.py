@@ -414,6 +414,10 @@ def build_analysis_set(
     """
     if per_category is not None and per_category < 1:
         raise ValueError(f"per_category must be at least 1, got {per_category}")
+    if vqa_rule not in ("official", "always_normalize"):
+        raise ValueError(f"unknown VQA rule {vqa_rule!r}; expected 'official' or 'always_normalize'")
+    if mc_rule not in ("paper", "official"):
+        raise ValueError(f"unknown Visual7W rule {mc_rule!r}; expected 'paper' or 'official'")
     run = Path(run_dir)
     records, config = _load_run(run)
     dataset = _run_dataset(records, config)
