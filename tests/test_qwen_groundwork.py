@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from vistrace import adapters
+from vistrace import adapters, compat
 from vistrace.adapters.base import PreparedPrompt
 from vistrace.adapters.qwen2_vl import (
     QWEN_ADAPTERS,
@@ -217,7 +217,8 @@ def test_decoder_layer_arguments(tiny_qwen: dict[str, TinyQwen], family: str) ->
     length = int(inputs["input_ids"].shape[1])
     head_dim = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
     plain = _layer_arguments(model, 0, lambda: model(**inputs))
-    expected = {"attention_mask", "position_embeddings", "position_ids", "cache", "_positional"}
+    cache_argument = compat.decoder_cache_argument(compat.decoder_layers(model)[0])
+    expected = {"attention_mask", "position_embeddings", "position_ids", cache_argument, "_positional"}
     if family != "qwen3_vl":
         expected.add("use_cache")
     assert set(plain) == expected
@@ -257,7 +258,8 @@ def test_answer_tokens_need_extended_token_types(tiny_qwen: dict[str, TinyQwen],
         prompt = model(**inputs, use_cache=True)
         # No attention mask: with one, the model takes positions from the mask's cumulative sum over
         # the whole sequence (S + n values for n new tokens).
-        stepped = model(input_ids=answer, cache=prompt.cache, use_cache=True).logits
+        continued = {compat.model_cache_argument(model): compat.output_cache(prompt)}
+        stepped = model(input_ids=answer, **continued, use_cache=True).logits
         torch.testing.assert_close(full[:, -answer.shape[1] :], stepped, atol=1e-5, rtol=1e-5)
         stale = {**inputs, "input_ids": full_ids, "attention_mask": torch.ones_like(full_ids)}
         with pytest.raises((IndexError, RuntimeError)):
