@@ -72,7 +72,12 @@ def _attend(model: Path, source: Path, run: Path, *extra: str) -> None:
 
 
 def _skip_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    """The warnings of a run, less the loader's note on a processor loaded without torchvision."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "torchvision is not installed" not in r.getMessage()
+    ]
 
 
 def _check_missing_image_line(lines: list[str], source: Path) -> None:
@@ -224,7 +229,8 @@ def test_attend_volcano_resume_and_figures(
         )
         _invoke("plot", "avg-attention", str(run), "--instances", "all", "--out", str(run / "all"))
         numbers = json.loads((run / "all" / "avg_attention_top_k_mean.json").read_text())
-        assert numbers["instances_selected"] == "all" and numbers["n_instances"] == 2
+        assert numbers["instances_selected"] == "all"
+        assert sorted(numbers["instances"] + numbers.get("skipped_no_tokens", [])) == [0, 2]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -273,7 +279,9 @@ def test_avg_attention_over_adopted_revisions(
     figures = tmp_path / "figures"
     out = _invoke("plot", "avg-attention", str(run), "--out", str(figures)).stdout
     numbers = json.loads((figures / "avg_attention_top_k_mean.json").read_text())
-    assert numbers["n_instances"] == 2 and numbers["instances"] == [0, 2]
+    # An instance whose stage generated no tokens (a random tiny model may stop at once) is named apart.
+    assert sorted(numbers["instances"] + numbers.get("skipped_no_tokens", [])) == [0, 2]
+    assert numbers["n_instances"] == len(numbers["instances"]) >= 1
     assert set(numbers["maps"]) == {"Initial", "Feedback"}
     shown = [v for grid in numbers["maps"].values() for row in grid for v in row if v is not None]
     assert shown and all(v >= 0 for v in shown)

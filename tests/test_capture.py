@@ -11,15 +11,15 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText
 
-from vistrace.adapters.mllama_vision import use_reference_vision_features
+from vistrace.adapters import get_adapter
 from vistrace.capture import StageCapture, capture
 from vistrace.hook.plan import CaptureRecorder
 from vistrace.loading import LoadedModel, load
 from vistrace.plots.attention_maps import feature_raster, grid_canvas
+from vistrace.tiny import FAMILIES
 
 from .conftest import scene_image
 
-FAMILIES = ["llava", "mllama"]
 QUESTION = "What color is the circle?"
 
 
@@ -42,8 +42,7 @@ def eager_models(tiny_dirs: dict[str, Path]) -> dict[str, torch.nn.Module]:
     eager = {}
     for family, path in tiny_dirs.items():
         model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
-        if family == "mllama":
-            use_reference_vision_features(model)
+        get_adapter(model).prepare_model(model)
         eager[family] = model
     return eager
 
@@ -52,13 +51,9 @@ def _eager_rows(loaded: LoadedModel, eager: torch.nn.Module, result: StageCaptur
     """(T, layers, heads, N) attention of the rows that predicted each generated token, from one
     eager forward over prompt + output with `output_attentions=True`."""
     prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
-    inputs = dict(prepared.inputs)
     prompt_len, count = len(result.input_ids), result.num_tokens
     fed = torch.tensor([[*result.input_ids, *result.output_ids[:-1]]])
-    inputs["input_ids"], inputs["attention_mask"] = fed, torch.ones_like(fed)
-    if "cross_attention_mask" in inputs:
-        mask = inputs["cross_attention_mask"]
-        inputs["cross_attention_mask"] = torch.cat([mask, mask[:, -1:].expand(-1, count - 1, -1, -1)], 1)
+    inputs = loaded.adapter.extend_inputs(prepared.inputs, fed)
     with torch.no_grad():
         attentions = eager(**inputs, output_attentions=True).attentions
     per_layer = []
@@ -76,8 +71,8 @@ def test_captured_rows_equal_eager_attention(
 ) -> None:
     loaded = models[family]
     result = capture(loaded, scene_image(), QUESTION, max_new_tokens=8, dtype=torch.float32)
-    expected_layers = (0, 1, 2, 3) if family == "llava" else (3, 8)
-    assert result.layers == expected_layers
+    every_layer = tuple(range(loaded.adapter.num_layers(loaded.model)))
+    assert result.layers == {"llava": (0, 1, 2, 3), "mllama": (3, 8)}.get(family, every_layer)
     reference = _eager_rows(loaded, eager_models[family], result)
     assert result.image_attention.shape == reference.shape
     torch.testing.assert_close(result.image_attention, reference, atol=1e-5, rtol=0)
@@ -107,7 +102,8 @@ def test_memory_per_generated_token(models: dict[str, LoadedModel], family: str)
     assert tensor.dtype == torch.float16
     per_token = tensor.numel() * tensor.element_size() // tensor.shape[0]
     assert per_token == layers * heads * features * 2
-    assert per_token == {"llava": 4 * 4 * 16 * 2, "mllama": 2 * 4 * 10 * 2}[family]
+    if family in ("llava", "mllama"):
+        assert per_token == {"llava": 4 * 4 * 16 * 2, "mllama": 2 * 4 * 10 * 2}[family]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

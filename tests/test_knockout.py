@@ -11,10 +11,10 @@ from vistrace.hook import Knockout, Plan, traced
 from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway, window_layers
 from vistrace.loading import LoadedModel
 from vistrace.roles import Role
+from vistrace.tiny import FAMILIES
 
 from .conftest import scene_image
 
-FAMILIES = ["llava", "mllama"]
 PATHWAYS = [Pathway.parse(p) for p in PAPER_PATHWAYS]
 
 

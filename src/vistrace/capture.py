@@ -130,12 +130,9 @@ def _encode(loaded: LoadedModel, image: Image.Image, prompt: PromptLike) -> _Enc
         return_tensors="pt",
     )
     inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    image_keys = None
-    if adapter.family == "inline":
-        image_token = adapter.image_token_id(model)
-        image_keys = torch.nonzero(inputs["input_ids"][0] == image_token).flatten()
-        if image_keys.numel() == 0:
-            raise ValueError("the conversation has no image: add a {'type': 'image'} part to a user message")
+    image_keys = adapter.image_keys(model, inputs)
+    if image_keys is not None and image_keys.numel() == 0:
+        raise ValueError("the conversation has no image: add a {'type': 'image'} part to a user message")
     return _Encoded(inputs, text, image_keys)
 
 

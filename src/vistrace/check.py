@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 
 from vistrace import compat
 from vistrace.adapters import PreparedPrompt
-from vistrace.adapters.mllama_vision import vision_convention_report
 from vistrace.hook import CaptureRecorder, Knockout, Plan, traced
 from vistrace.hook.seam import SEAM_NAME, seam_attention
 from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
@@ -72,26 +71,14 @@ def run_contracts(loaded: LoadedModel) -> tuple[list[CheckResult], PreparedPromp
         runner.run(prepared[0], [0], [Pathway.parse("last_to_last")], 1, "fast")
         return "cache update, decoder-layer arguments, final norm and head"
 
-    def vision_convention() -> str:
-        if adapter.model_type != "mllama":
-            return "not applicable"
-        report = vision_convention_report(model)
-        if not report["matches_reference"]:
-            raise compat.TransformersContractError(
-                "Mllama vision features", f"intermediate features follow {report['installed_convention']}"
-            )
-        fixed = ", reference restored" if report["fix_needed"] else ""
-        return f"installed {report['installed_convention']}{fixed}"
-
     probes: list[tuple[str, Callable[[], str]]] = [
         ("processor outputs", processor_outputs),
         ("model output cache and layout", output_cache),
         ("re-run of decoder layers", rerun),
-        ("Mllama vision features", vision_convention),
     ]
     for name, probe in probes:
         broken = [r.name for r in results if r.broken_contract]
-        if broken and name != "Mllama vision features":
+        if broken:
             results.append(CheckResult(name, False, f"not probed: {broken[0]} failed", "contract", True))
             continue
         try:
@@ -100,6 +87,10 @@ def run_contracts(loaded: LoadedModel) -> tuple[list[CheckResult], PreparedPromp
             results.append(CheckResult(name, False, _one_line(error), "contract", True))
         except Exception as error:  # e.g. a fault of the seam itself: the invariants below locate it
             results.append(CheckResult(name, False, _one_line(error), "contract"))
+    results += [
+        CheckResult(status.name, status.ok, status.detail, "contract", not status.ok)
+        for status in adapter.family_contracts(model)
+    ]
     return results, (prepared[0] if prepared else None)
 
 

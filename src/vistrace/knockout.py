@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from vistrace import compat
-from vistrace.adapters import PreparedPrompt
+from vistrace.adapters import Adapter, PreparedPrompt
 from vistrace.hook import Knockout, Plan, traced
 from vistrace.hook.plan import KnockoutMode
 from vistrace.loading import LoadedModel
@@ -95,16 +95,10 @@ class _Sequence:
         extra = rows[-1:].expand(length - rows.shape[0]) if length > rows.shape[0] else rows[:0]
         return torch.cat([rows, extra])[:length]
 
-    def model_inputs(self, upto: int) -> dict[str, torch.Tensor]:
-        """Processor inputs extended with the fed answer tokens (naive passes, clean run)."""
-        inputs = dict(self.prepared.inputs)
-        extra = upto - self.prompt_len
-        inputs["input_ids"] = self.ids(upto)
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-        if "cross_attention_mask" in inputs and extra > 0:
-            mask = inputs["cross_attention_mask"]
-            inputs["cross_attention_mask"] = torch.cat([mask, mask[:, -1:].expand(-1, extra, -1, -1)], dim=1)
-        return inputs
+    def model_inputs(self, upto: int, adapter: Adapter) -> dict[str, torch.Tensor]:
+        """Processor inputs extended with the fed answer tokens (naive passes, clean run), every
+        per-token input extended as the family's adapter says."""
+        return adapter.extend_inputs(self.prepared.inputs, self.ids(upto))
 
 
 def _answer_probability(logits: torch.Tensor, token: int, temperature: float) -> torch.Tensor:
@@ -138,6 +132,11 @@ class KnockoutRunner:
         """Score `answer_tokens` (EOS already removed) for every pathway and window centre."""
         if not answer_tokens:
             raise ValueError("the answer has no tokens to score")
+        if strategy == "fast" and not self.adapter.text_attention_causal:
+            raise ValueError(
+                f"the fast strategy assumes causal text attention, and {self.adapter.model_type}'s is not "
+                "(its image block attends both ways): use strategy naive"
+            )
         seq = _Sequence(prepared, tuple(int(t) for t in answer_tokens), self.mode)
         with torch.no_grad(), traced(self.model, Plan(cross_layers=self.cross, mode=self.mode)):
             if strategy == "naive":
@@ -187,7 +186,7 @@ class KnockoutRunner:
         evaluations = 0
         for step, token in enumerate(seq.answer):
             length = seq.prompt_len + step
-            inputs = seq.model_inputs(length)
+            inputs = seq.model_inputs(length, self.adapter)
             logits = self._forward(inputs, self._plan(seq, step, 0, None, [])).logits[:, -1]
             p_full *= float(_answer_probability(logits, token, self.temperature)[0])
             evaluations += self.n_layers * length
@@ -208,13 +207,13 @@ class KnockoutRunner:
         plans = {p.name: _PathwayPlan.make(seq, p, self.cross, self.n_layers) for p in pathways}
         starts = [e.start for plan in plans.values() for e in plan.schedule if e is not None]
         layers = compat.decoder_layers(self.model)
-        finish = compat.finisher(self.model)
+        finish = self.adapter.finisher(self.model)
         clean_plan = self._plan(seq, len(seq.answer) - 1, 0, None, [])
         clean = clean_pass(
-            layers,
-            lambda: self._forward(seq.model_inputs(total), clean_plan, use_cache=True),
+            self.adapter,
+            self.model,
+            lambda: self._forward(seq.model_inputs(total, self.adapter), clean_plan, use_cache=True),
             min(starts, default=total),
-            finish,
         )
         evaluations = self.n_layers * total
         p_steps = [
@@ -283,6 +282,7 @@ class KnockoutRunner:
                 image_rows=seq.image_rows(length)[None].expand(batch, -1),
             )
             logits, state, used = rerun(
+                self.adapter,
                 layers,
                 finish,
                 clean,

@@ -53,11 +53,11 @@ def load(
     HF checkpoints load through `AutoModelForImageTextToText` / `AutoProcessor`; checkpoints in the
     original LLaVA format (`LlavaLlamaForCausalLM` with `mm_projector`) are converted on the fly,
     the CLIP tower coming from `vision_tower` or the config. `device_map="auto"` shards a model too
-    big for one device. For Mllama the reference intermediate vision features are restored.
+    big for one device. The family's adapter loads the processor and adjusts the model (for Mllama,
+    the reference intermediate vision features are restored); a model type without an adapter, or
+    with a structure its adapter does not know, is refused before the weights are read.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from vistrace.adapters.mllama_vision import use_reference_vision_features
+    from vistrace.compat import auto_classes
     from vistrace.llava_original import is_original_llava, load_original_llava
 
     directory = Path(path)
@@ -71,15 +71,17 @@ def load(
         model, processor = load_original_llava(
             directory, vision_tower=vision_tower, dtype=torch_dtype, device=device, device_map=device_map
         )
+        adapter = get_adapter(model)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(
-            directory, dtype=torch_dtype, device_map=device_map
-        )
+        from transformers import AutoConfig
+
+        # The adapter first: an unsupported family is refused before any weight is read.
+        adapter = get_adapter(AutoConfig.from_pretrained(directory))
+        auto_model, _ = auto_classes()
+        model = auto_model.from_pretrained(directory, dtype=torch_dtype, device_map=device_map)
         if device is not None:
             model.to(device)
-        processor = AutoProcessor.from_pretrained(directory)
+        processor = adapter.load_processor(directory)
     model.eval()
-    adapter = get_adapter(model)
-    if adapter.model_type == "mllama":
-        use_reference_vision_features(model)
+    adapter.prepare_model(model)
     return LoadedModel(model=model, processor=processor, adapter=adapter, path=directory)

@@ -25,10 +25,9 @@ from typing import Any
 import torch
 
 from vistrace import compat
+from vistrace.adapters import Adapter
 from vistrace.hook.plan import Knockout, Plan, use_plan
 
-# Decoder-layer arguments indexed by query position, and the dimension that holds it.
-_ROW_ARGUMENTS = {"position_ids": -1, "cross_attention_mask": 2, "full_text_row_masked_out_mask": 2}
 # Arguments a re-run passes itself (besides the cache, under the name the layer takes it).
 _REPLACED_ARGUMENTS = {"hidden_states", "use_cache"}
 
@@ -41,7 +40,8 @@ class CleanPass:
     self-attention layers, the image features for cross-attention layers). `hidden`: per layer, the
     layer's input hidden states (1, total - row0, hidden) of positions row0 … total-1.
     `layer_arguments`: per layer, the keyword arguments the model passed it (its cache left out).
-    `logits`: (1, total, V).
+    `logits`: (1, total, V). `extras`: what the adapter keeps of the decoder's own arguments
+    (`Adapter.decoder_extras`), for what the model adds between layers outside attention.
     """
 
     keys: list[torch.Tensor]
@@ -50,22 +50,26 @@ class CleanPass:
     row0: int
     layer_arguments: list[dict[str, Any]]
     logits: torch.Tensor
+    extras: Any = None
 
 
 def clean_pass(
-    layers: Sequence[torch.nn.Module],
+    adapter: Adapter,
+    model: Any,
     forward: Callable[[], Any],
     row0: int,
-    finish: Callable[[torch.Tensor], torch.Tensor],
 ) -> CleanPass:
     """Run `forward()` (the model over the whole sequence, with a cache) and keep what re-runs need.
 
     Probes on the way that the cache comes back where and as expected and that `finish` turns the last
     layer's output into the model's logits (`vistrace.compat.TransformersContractError` if not).
     """
+    layers = compat.decoder_layers(model)
+    finish = adapter.finisher(model)
     hidden: dict[int, torch.Tensor] = {}
     arguments: dict[int, dict[str, Any]] = {}
     last_output: list[torch.Tensor] = []
+    decoder_arguments: dict[str, Any] = {}
 
     def grabber(index: int) -> Callable[..., None]:
         def grab(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -84,12 +88,18 @@ def clean_pass(
         states = output[0] if isinstance(output, tuple) else output
         last_output.append(states[:, -1].detach())
 
+    def keep_decoder_arguments(
+        module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        decoder_arguments.update(kwargs)
+
     # prepend: see the arguments as the model passes them, before any adapter hook adjusts them.
     handles = [
         layer.register_forward_pre_hook(grabber(i), with_kwargs=True, prepend=True)
         for i, layer in enumerate(layers)
     ]
     handles.append(layers[-1].register_forward_hook(keep_last))
+    handles.append(model.get_decoder().register_forward_pre_hook(keep_decoder_arguments, with_kwargs=True))
     try:
         output = forward()
     finally:
@@ -106,6 +116,7 @@ def clean_pass(
         row0,
         [arguments[i] for i in range(len(layers))],
         output.logits,
+        adapter.decoder_extras(decoder_arguments),
     )
 
 
@@ -122,30 +133,6 @@ def _layer_arguments(kwargs: dict[str, Any], cache_argument: str) -> dict[str, A
             )
         kept[name] = value
     return kept
-
-
-def _rows_of(arguments: dict[str, Any], start: int, end: int) -> dict[str, Any]:
-    """The clean pass' layer arguments for query rows start … end-1 (keys 0 … end-1)."""
-    out: dict[str, Any] = {}
-    for name, value in arguments.items():
-        if name == "attention_mask":
-            if not isinstance(value, torch.Tensor) or value.dim() != 4:
-                raise compat.unknown_layer_argument(name, "a re-run needs a 4-d additive attention mask")
-            out[name] = value[:, :, start:end, :end]
-        elif name == "cross_attention_states":
-            out[name] = None  # the image keys come from the clean pass' cache
-        elif name == "position_embeddings":
-            out[name] = tuple(t[:, start:end] for t in value)
-        elif name in _ROW_ARGUMENTS and isinstance(value, torch.Tensor):
-            dim = _ROW_ARGUMENTS[name]
-            out[name] = value.narrow(dim, start, end - start)
-        elif name == "cache_position" and isinstance(value, torch.Tensor):
-            out[name] = value[start:end]
-        elif isinstance(value, torch.Tensor):
-            raise compat.unknown_layer_argument(name, "a tensor a re-run does not know how to slice to rows")
-        else:
-            out[name] = value
-    return out
 
 
 @dataclass
@@ -217,6 +204,7 @@ def _first_elements(plan: Plan, n: int) -> Plan:
 
 
 def rerun(
+    adapter: Adapter,
     layers: Sequence[torch.nn.Module],
     finish: Callable[[torch.Tensor], torch.Tensor],
     clean: CleanPass,
@@ -268,13 +256,14 @@ def rerun(
             fresh = clean.hidden[index][:, rows].expand(active - joined, -1, -1)
             hidden = fresh if hidden is None else torch.cat([hidden, fresh.to(hidden.device)])
         assert hidden is not None
-        arguments = _rows_of(clean.layer_arguments[index], start, end)
+        arguments = adapter.slice_layer_arguments(clean.layer_arguments[index], start, end)
         cache_argument = compat.decoder_cache_argument(layers[index])
         with use_plan(_first_elements(plan, active)):
             output = layers[index](hidden, **{cache_argument: cache}, use_cache=True, **arguments)
         if index not in cross_layers and index not in cache.keys:
             raise compat.cache_not_updated(index, cache_argument)
         hidden = output[0] if isinstance(output, tuple) else output
+        hidden = adapter.after_layer(index, hidden, start, end, clean.extras)
         spent += active * (end - start)
     assert hidden is not None
     logits = finish(hidden[:, -1])

@@ -28,14 +28,15 @@ from transformers import (
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
 
+from vistrace.tiny_qwen import QWEN_FAMILIES, write_tiny_qwen
 from vistrace.tokenizer_build import (
     LLAMA3_VISION_TEMPLATE,
     VICUNA_V1_TEMPLATE,
     build_tokenizer,
 )
 
-Family = Literal["llava", "mllama"]
-FAMILIES: tuple[Family, ...] = ("llava", "mllama")
+Family = Literal["llava", "mllama", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+FAMILIES: tuple[Family, ...] = ("llava", "mllama", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 _CORPUS = [
     "Look at the image carefully and answer this visual question.",
@@ -241,4 +242,6 @@ def write_tiny(family: Family, out_dir: str | Path, *, seed: int = 0) -> Path:
         return write_tiny_llava(out_dir, seed=seed)
     if family == "mllama":
         return write_tiny_mllama(out_dir, seed=seed)
+    if family in QWEN_FAMILIES:
+        return write_tiny_qwen(family, out_dir, seed=seed)
     raise ValueError(f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(FAMILIES)}")

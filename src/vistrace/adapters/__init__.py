@@ -13,6 +13,7 @@ from vistrace.adapters.base import (
 )
 from vistrace.adapters.llava import LlavaAdapter
 from vistrace.adapters.mllama import MllamaAdapter
+from vistrace.adapters.qwen2_vl import QWEN_ADAPTERS
 
 _REGISTRY: dict[str, Adapter] = {}
 
@@ -37,17 +38,24 @@ def get_adapter(model_or_type: Any) -> Adapter:
         config = getattr(model_or_type, "config", model_or_type)
         model_type = str(getattr(config, "model_type", type(model_or_type).__name__))
     try:
-        return _REGISTRY[model_type]
+        adapter = _REGISTRY[model_type]
     except KeyError:
         raise UnsupportedModelError(
             f"vistrace has no adapter for model type {model_type!r}; supported: "
             f"{', '.join(supported_model_types())}. Add one with "
             "vistrace.adapters.register_adapter(MyAdapter()) (see docs/adding-a-model-family.md)."
         ) from None
+    if not isinstance(model_or_type, str):
+        problem = adapter.structure_error(getattr(model_or_type, "config", model_or_type))
+        if problem is not None:
+            raise UnsupportedModelError(problem)
+    return adapter
 
 
 register_adapter(LlavaAdapter())
 register_adapter(MllamaAdapter())
+for _qwen in QWEN_ADAPTERS:
+    register_adapter(_qwen)
 
 __all__ = [
     "Adapter",

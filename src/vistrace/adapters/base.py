@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.hooks import RemovableHandle
 
+from vistrace import compat
+from vistrace.adapters import decoder
 from vistrace.images import to_rgb
 from vistrace.roles import Prompt, render_prompt, resolve_roles
 
@@ -87,10 +91,62 @@ class PreparedPrompt:
 
 
 class Adapter(abc.ABC):
-    """Family-specific facts: where image keys are, how roles resolve, how features map to pixels."""
+    """Everything vistrace knows about one model family: where the image keys are, how roles resolve,
+    how features map to pixels, and how the language model is driven (fed answer tokens, re-run rows,
+    the logits). The defaults serve Llama-style backbones; a family overrides what differs."""
 
     model_type: str
     family: Literal["inline", "cross"]
+    # Whether every text attention row is causal. A family whose image block attends both ways must
+    # say False: the fast knockout re-runs rows on the assumption that later positions cannot matter.
+    text_attention_causal: ClassVar[bool] = True
+    # Processor inputs with one entry per token (besides input_ids and attention_mask), and how an
+    # answer token extends each: a fill value or a function (tensor, extra) -> tensor.
+    per_token_inputs: ClassVar[Mapping[str, Any]] = {}
+    # Decoder-layer arguments indexed by query position, and the dimension that holds it.
+    row_arguments: ClassVar[Mapping[str, int]] = decoder.LLAMA_ROW_ARGUMENTS
+    # Decoder-layer arguments that a re-run replaces by the cache (e.g. cross-attention states).
+    cached_arguments: ClassVar[frozenset[str]] = frozenset()
+
+    def structure_error(self, config: Any) -> str | None:
+        """Why a checkpoint of this `model_type` has a structure the adapter does not know, or None."""
+        return None
+
+    def load_processor(self, path: str | Path) -> Any:
+        """The checkpoint's processor (default: `AutoProcessor`)."""
+        _, auto_processor = compat.auto_classes()
+        return auto_processor.from_pretrained(path)
+
+    def prepare_model(self, model: Any) -> None:
+        """Adjust a freshly loaded model once (e.g. restore a reference convention). Default: nothing."""
+        return None
+
+    def family_contracts(self, model: Any) -> list[compat.ContractStatus]:
+        """The family's own contracts with transformers, as `vistrace check` lists them. Default: none."""
+        return []
+
+    def extend_inputs(self, inputs: Mapping[str, torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
+        """Processor `inputs` of a prompt for `input_ids` (1, S): the prompt followed by fed answer tokens."""
+        return decoder.extend_inputs(inputs, input_ids, self.per_token_inputs, self.model_type)
+
+    def slice_layer_arguments(self, arguments: Mapping[str, Any], start: int, end: int) -> dict[str, Any]:
+        """The decoder-layer arguments of a clean pass for query rows `start` … `end`-1."""
+        return decoder.slice_rows(arguments, start, end, self.row_arguments, self.cached_arguments)
+
+    def finisher(self, model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        """(B, hidden) last-layer hidden states → (B, V) logits, as the model computes them."""
+        return compat.finisher(model)
+
+    def decoder_extras(self, decoder_arguments: Mapping[str, Any]) -> Any:
+        """What a re-run needs of the arguments the model passed its decoder (text model). Default: None."""
+        return None
+
+    def after_layer(
+        self, layer: int, hidden: torch.Tensor, start: int, end: int, extras: Any
+    ) -> torch.Tensor:
+        """Hidden states (B, end - start, hidden) of rows `start` … `end`-1 after decoder layer `layer`,
+        with what the model adds there outside attention (default: nothing)."""
+        return hidden
 
     @abc.abstractmethod
     def num_layers(self, model: Any) -> int: ...
@@ -136,6 +192,11 @@ class Adapter(abc.ABC):
         )
         image_rows, image_keys = self._image_rows_and_keys(inputs, image_token)
         return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+
+    def image_keys(self, model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """(N,) absolute key positions of the image features of processor output `inputs` (batch 1),
+        or None for a cross-attention family (every key of a cross-attention layer is one)."""
+        return self._image_rows_and_keys(dict(inputs), self.image_token_id(model))[1]
 
     @abc.abstractmethod
     def _image_rows_and_keys(

@@ -16,6 +16,16 @@ class LlavaAdapter(Adapter):
     model_type = "llava"
     family = "inline"
 
+    def structure_error(self, config: Any) -> str | None:
+        """Pixtral checkpoints also say `llava`, with image-break tokens and variable resolution."""
+        vision_type = getattr(getattr(config, "vision_config", None), "model_type", None)
+        if vision_type in (None, "clip_vision_model", "siglip_vision_model"):
+            return None
+        return (
+            f"a 'llava' checkpoint with a {vision_type!r} vision tower (e.g. Pixtral) is not LLaVA-1.5: its "
+            "image breaks and variable resolution are not supported; LLaVA-1.5-style CLIP/SigLIP towers are"
+        )
+
     def num_layers(self, model: Any) -> int:
         return int(model.config.text_config.num_hidden_layers)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -12,7 +13,10 @@ from transformers.models.mllama.image_processing_pil_mllama import (
     get_optimal_tiled_canvas,
 )
 
+from vistrace import compat
+from vistrace.adapters import decoder
 from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid
+from vistrace.adapters.mllama_vision import use_reference_vision_features, vision_convention_report
 from vistrace.hook.plan import active_plan
 from vistrace.hook.seam import blocked_entries
 
@@ -22,6 +26,27 @@ class MllamaAdapter(Adapter):
 
     model_type = "mllama"
     family = "cross"
+    # A fed answer token sees the image as the last prompt token does (the research code's rule too).
+    per_token_inputs: ClassVar[Mapping[str, Any]] = {"cross_attention_mask": decoder.repeat_last_row}
+    row_arguments: ClassVar[Mapping[str, int]] = {
+        **decoder.LLAMA_ROW_ARGUMENTS,
+        "cross_attention_mask": 2,
+        "full_text_row_masked_out_mask": 2,
+    }
+    cached_arguments = frozenset({"cross_attention_states"})
+
+    def prepare_model(self, model: Any) -> None:
+        """Pick the vision tower's intermediate features as the reference does (`mllama_vision`)."""
+        use_reference_vision_features(model)
+
+    def family_contracts(self, model: Any) -> list[compat.ContractStatus]:
+        report = vision_convention_report(model)
+        name = "Mllama vision features"
+        if not report["matches_reference"]:
+            detail = f"intermediate features follow {report['installed_convention']}, not restored"
+            return [compat.ContractStatus(name, False, detail)]
+        fixed = ", reference restored" if report["fix_needed"] else ""
+        return [compat.ContractStatus(name, True, f"installed {report['installed_convention']}{fixed}")]
 
     def num_layers(self, model: Any) -> int:
         return int(model.config.text_config.num_hidden_layers)

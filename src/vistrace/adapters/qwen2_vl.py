@@ -74,7 +74,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -216,7 +216,11 @@ class Qwen2VLAdapter(Adapter):
 
     model_type = "qwen2_vl"
     family = "inline"
-    text_attention_causal = True
+    # Answer tokens are text (0); positions are then recomputed by the model (`get_rope_index`).
+    per_token_inputs: ClassVar[Mapping[str, Any]] = {"mm_token_type_ids": 0}
+
+    def load_processor(self, path: str | Path) -> Any:
+        return load_qwen_processor(path)
 
     def num_layers(self, model: Any) -> int:
         return int(model.config.text_config.num_hidden_layers)
@@ -263,27 +267,6 @@ class Qwen2VLAdapter(Adapter):
             )
         return grid_geometry((thw[0], thw[1], thw[2]), patch, int(image_processor.merge_size), image_size)
 
-    def extend_inputs(
-        self, inputs: Mapping[str, torch.Tensor], input_ids: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Processor inputs for `input_ids` (1, S') = the prompt's ids followed by fed answer tokens:
-        `attention_mask` all ones, `mm_token_type_ids` extended with 0 (text); positions are then
-        recomputed by the model (`get_rope_index`)."""
-        extended = dict(inputs)
-        prompt_len = int(inputs["input_ids"].shape[1])
-        extra = int(input_ids.shape[1]) - prompt_len
-        extended["input_ids"] = input_ids
-        extended["attention_mask"] = torch.ones_like(input_ids)
-        types = inputs.get("mm_token_type_ids")
-        if types is not None:
-            if extra >= 0:
-                extended["mm_token_type_ids"] = torch.cat(
-                    [types, types.new_zeros(types.shape[0], extra)], dim=1
-                )
-            else:
-                extended["mm_token_type_ids"] = types[:, : input_ids.shape[1]]
-        return extended
-
     def position_ids(self, model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(3, B, S) M-RoPE position ids (temporal, height, width) the model gives `inputs`."""
         positions, _ = model.model.get_rope_index(
@@ -312,6 +295,32 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     def deepstack_layers(self, model: Any) -> tuple[int, ...]:
         return tuple(range(len(model.config.vision_config.deepstack_visual_indexes)))
+
+    def decoder_extras(self, decoder_arguments: Mapping[str, Any]) -> Any:
+        """The image rows (1, S) bool and the DeepStack feature sets [(N, hidden)] the text model got."""
+        embeds = decoder_arguments.get("deepstack_visual_embeds")
+        mask = decoder_arguments.get("visual_pos_masks")
+        return None if embeds is None or mask is None else (mask, list(embeds))
+
+    def after_layer(
+        self, layer: int, hidden: torch.Tensor, start: int, end: int, extras: Any
+    ) -> torch.Tensor:
+        """Add DeepStack feature set `layer` to the image rows among rows `start` … `end`-1, as
+        `Qwen3VLTextModel._deepstack_process` does after decoder layer `layer`."""
+        if extras is None:
+            return hidden
+        mask, embeds = extras
+        if layer >= len(embeds):
+            return hidden
+        rows = mask[0, start:end].to(hidden.device)
+        count = int(rows.sum())
+        if count == 0:
+            return hidden
+        offset = int(mask[0, :start].sum())
+        features = embeds[layer][offset : offset + count].to(hidden.device, hidden.dtype)
+        hidden = hidden.clone()
+        hidden[:, rows] = hidden[:, rows] + features
+        return hidden
 
 
 QWEN_ADAPTERS: tuple[Qwen2VLAdapter, ...] = (Qwen2VLAdapter(), Qwen2_5_VLAdapter(), Qwen3VLAdapter())

@@ -1,0 +1,103 @@
+"""Defaults an adapter uses for how its language model is driven: fed answer tokens, rows of a re-run.
+
+The defaults serve Llama-style backbones (LLaVA's Vicuna, Qwen-VL's text models); a family with other
+per-token inputs or decoder-layer arguments names them in its adapter (e.g. Mllama's cross-attention
+mask) and these functions slice or extend them by the dimension it gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from vistrace import compat
+
+# Decoder-layer arguments of Llama-style layers that are indexed by query position: name → dimension.
+LLAMA_ROW_ARGUMENTS: Mapping[str, int] = {"position_ids": -1}
+
+
+def extend_inputs(
+    inputs: Mapping[str, torch.Tensor],
+    input_ids: torch.Tensor,
+    per_token: Mapping[str, Any],
+    family: str,
+) -> dict[str, torch.Tensor]:
+    """Processor `inputs` (batch 1, prompt of P tokens) for `input_ids` (1, S) = the prompt's ids and
+    then S - P fed answer tokens (or a prefix of the prompt when S < P).
+
+    `attention_mask` becomes all ones; each input named in `per_token` is extended along dimension 1
+    with its value for a text token: a callable `(tensor, extra) -> tensor` or a fill value. Any other
+    input of shape (1, P, …) is a per-token input this family does not know how to extend: an error,
+    never silently left one answer token short.
+    """
+    prompt_len = int(inputs["input_ids"].shape[1])
+    length = int(input_ids.shape[1])
+    extended: dict[str, torch.Tensor] = {}
+    for name, value in inputs.items():
+        if name == "input_ids":
+            extended[name] = input_ids
+        elif name == "attention_mask":
+            extended[name] = torch.ones_like(input_ids)
+        elif name in per_token:
+            extended[name] = _extend(value, length, per_token[name])
+        elif value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == prompt_len:
+            raise ValueError(
+                f"{family}: processor input {name!r} {tuple(value.shape)} has one entry per token, and the "
+                "adapter does not say how to extend it with answer tokens"
+            )
+        else:
+            extended[name] = value
+    return extended
+
+
+def _extend(value: torch.Tensor, length: int, rule: Any) -> torch.Tensor:
+    extra = length - int(value.shape[1])
+    if extra <= 0:
+        return value[:, :length]
+    if callable(rule):
+        return rule(value, extra)
+    padding = value.new_full((value.shape[0], extra, *value.shape[2:]), rule)
+    return torch.cat([value, padding], dim=1)
+
+
+def repeat_last_row(value: torch.Tensor, extra: int) -> torch.Tensor:
+    """`value` (1, P, …) extended by `extra` copies of its last row (the new token sees what the last
+    prompt token sees, e.g. Mllama's cross-attention mask)."""
+    return torch.cat([value, value[:, -1:].expand(-1, extra, *value.shape[2:])], dim=1)
+
+
+def slice_rows(
+    arguments: Mapping[str, Any],
+    start: int,
+    end: int,
+    row_arguments: Mapping[str, int],
+    cached_arguments: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """A clean pass' decoder-layer keyword `arguments` for query rows `start` … `end`-1 (keys 0 … end-1).
+
+    `attention_mask` (4-d additive), `position_embeddings` (tensors (B, S, …)), `cache_position` and
+    the arguments of `row_arguments` (name → the dimension indexed by position) are sliced; those of
+    `cached_arguments` become None (their keys come from the cache). Any other tensor stops the re-run
+    with `vistrace.compat.TransformersContractError` naming it.
+    """
+    out: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if name in cached_arguments:
+            out[name] = None
+        elif name == "attention_mask":
+            if not isinstance(value, torch.Tensor) or value.dim() != 4:
+                raise compat.unknown_layer_argument(name, "a re-run needs a 4-d additive attention mask")
+            out[name] = value[:, :, start:end, :end]
+        elif name == "position_embeddings" and value is not None:
+            out[name] = tuple(t[:, start:end] for t in value)
+        elif name in row_arguments and isinstance(value, torch.Tensor):
+            out[name] = value.narrow(row_arguments[name], start, end - start)
+        elif name == "cache_position" and isinstance(value, torch.Tensor):
+            out[name] = value[start:end]
+        elif isinstance(value, torch.Tensor):
+            raise compat.unknown_layer_argument(name, "a tensor a re-run does not know how to slice to rows")
+        else:
+            out[name] = value
+    return out
