@@ -168,3 +168,15 @@ def test_a_knockout_stops_on_a_layer_that_ignores_its_cache(
     forgetful.__signature__ = compat.inspect.signature(original)  # type: ignore[attr-defined]
     with pytest.raises(compat.TransformersContractError, match="cache update"):
         runner.run(prepared, [3], [Pathway.parse("last_to_last")], 1, "fast")
+
+
+def test_a_llava_checkpoint_with_a_pixtral_tower_is_refused(tiny_models: dict[str, LoadedModel]) -> None:
+    """Pixtral checkpoints also say `llava`: refused with one line, never traced as LLaVA-1.5."""
+    from transformers import LlavaConfig, PixtralVisionConfig
+
+    from vistrace.adapters import UnsupportedModelError, get_adapter
+
+    config = LlavaConfig(vision_config=PixtralVisionConfig().to_dict())
+    with pytest.raises(UnsupportedModelError, match="'pixtral' vision tower"):
+        get_adapter(config)
+    assert get_adapter(tiny_models["llava"].model).model_type == "llava"

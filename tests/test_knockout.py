@@ -275,3 +275,36 @@ def test_image_pathway_windows_without_image_layers_equal_p_full(
             assert prob == result.p_full
         else:
             assert prob != result.p_full
+
+
+@pytest.mark.parametrize("mode", ["strict", "paper"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_fast_equals_naive_where_deepstack_adds_to_rerun_rows(
+    tiny_models: dict[str, LoadedModel], mode: str, k: int
+) -> None:
+    """Qwen3-VL adds vision features to the image rows after its first layers, outside attention: a
+    re-run of image rows from those layers must add them too (`Adapter.after_layer`)."""
+    loaded = tiny_models["qwen3_vl"]
+    assert loaded.adapter.deepstack_layers(loaded.model) == (0, 1, 2)  # type: ignore[attr-defined]
+    prepared = _prepared(loaded)
+    runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
+    pathways = [Pathway.parse("image_to_image"), Pathway.parse("template_to_image")]
+    naive = runner.run(prepared, [57, 88], pathways, k, "naive")
+    fast = runner.run(prepared, [57, 88], pathways, k, "fast")
+    for pathway in pathways:
+        expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
+        actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
+        assert float((actual.log() - expected.log()).abs().max()) <= 1e-4, pathway.name
+    # The window centred on layer 0 re-runs image rows through the layers DeepStack adds to.
+    assert naive.probs["image_to_image"][0] != naive.p_full
+
+
+def test_fast_refuses_a_family_whose_text_attention_is_not_causal(
+    tiny_models: dict[str, LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = tiny_models["llava"]
+    monkeypatch.setattr(type(loaded.adapter), "text_attention_causal", False)
+    runner = KnockoutRunner(loaded)
+    with pytest.raises(ValueError, match="causal text attention.*strategy naive"):
+        runner.run(_prepared(loaded), [57], PATHWAYS, 3, "fast")
+    assert runner.run(_prepared(loaded), [57], PATHWAYS[:1], 3, "naive").p_full > 0
