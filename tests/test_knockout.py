@@ -305,6 +305,6 @@ def test_fast_refuses_a_family_whose_text_attention_is_not_causal(
     loaded = tiny_models["llava"]
     monkeypatch.setattr(type(loaded.adapter), "text_attention_causal", False)
     runner = KnockoutRunner(loaded)
-    with pytest.raises(ValueError, match="causal text attention.*strategy naive"):
+    with pytest.raises(ValueError, match=r"causal text attention.*strategy naive"):
         runner.run(_prepared(loaded), [57], PATHWAYS, 3, "fast")
     assert runner.run(_prepared(loaded), [57], PATHWAYS[:1], 3, "naive").p_full > 0

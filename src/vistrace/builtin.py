@@ -11,7 +11,8 @@ def cache_dir() -> Path:
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A checkpoint directory for `model`: a path, `tiny:llava|mllama` or `demo:llava|mllama`."""
+    """A checkpoint directory for `model`: a path, `tiny:<family>` (any of `vistrace.tiny.FAMILIES`)
+    or `demo:llava|mllama`."""
     if model.startswith("tiny:"):
         from vistrace.tiny import FAMILIES, write_tiny
 

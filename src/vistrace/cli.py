@@ -129,7 +129,7 @@ def check(
 
 @app.command()
 def tiny(
-    family: Annotated[str, typer.Argument(help="llava or mllama")],
+    family: Annotated[str, typer.Argument(help="llava, mllama, qwen2_vl, qwen2_5_vl or qwen3_vl")],
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint into.")],
     seed: int = 0,
 ) -> None:
