@@ -116,7 +116,10 @@ def check(
     device_map: DeviceMapOption = None,
     vision_tower: VisionTowerOption = None,
 ) -> None:
-    """Check the contracts with the installed transformers, then the seam's invariants on MODEL; exit 0 only when all pass."""
+    """Check the contracts with the installed transformers, then the seam's invariants on MODEL.
+
+    Exit code 0 only when all pass.
+    """
     from vistrace.check import format_results, run_checks
 
     results = run_checks(_load(model, dtype, device, device_map, vision_tower))
