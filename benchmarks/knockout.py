@@ -3,12 +3,15 @@
 (a) random Mllama: 40 layers, cross-attention at 3, 8, …, 38, hidden 256, 8 heads, 2 KV heads,
     intermediate 1024, one 224-px tile, a ~60-token prompt, a 2-token answer;
 (b) random LLaVA: 32 layers, 576 image positions (336 px, patch 14), hidden 128, the same question
-    and answer length.
+    and answer length;
+(c) random Qwen2.5-VL: 28 layers (the 7B model's depth), hidden 128, 4 heads, 2 KV heads, a
+    1120×700 image = 40×25 = 1,000 inline image features (one per 28×28 px), M-RoPE positions.
 All four pathways, k = 9, CPU float32. Prints, per case, both wall times and their ratio, the
 decoder-layer × token evaluations of each strategy, and the largest |fast - naive| over every
 probability (p_full and every pathway × window); `--json PATH` writes the same numbers.
 
-    python benchmarks/knockout.py [--only mllama|llava] [--threads 2] [--mode paper|strict] [--json PATH]
+    python benchmarks/knockout.py [--only mllama|llava|qwen2_5_vl] [--threads 2] [--mode paper|strict]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from PIL import Image, ImageDraw
 from vistrace.knockout import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
 from vistrace.loading import load
 from vistrace.tiny import write_tiny_llava, write_tiny_mllama
+from vistrace.tiny_qwen import write_tiny_qwen
 
 PROMPT = (
     "Look at the image carefully and answer this visual question. For yes/no questions, just respond Yes or "
@@ -36,8 +40,8 @@ ANSWER = [57, 88]
 K = 9
 
 
-def _image() -> Image.Image:
-    image = Image.new("RGB", (224, 224), (230, 230, 230))
+def _image(width: int = 224, height: int = 224) -> Image.Image:
+    image = Image.new("RGB", (width, height), (230, 230, 230))
     ImageDraw.Draw(image).ellipse([40, 40, 120, 120], fill=(220, 20, 20))
     return image
 
@@ -49,9 +53,10 @@ def _worst(fast: KnockoutResult, naive: KnockoutResult) -> float:
     return worst
 
 
-def bench(case: str, directory: Path, mode: str) -> dict[str, Any]:
+def bench(case: str, directory: Path, mode: str, image: Image.Image | None = None) -> dict[str, Any]:
     loaded = load(directory)
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, _image(), PROMPT)
+    image = _image() if image is None else image
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, PROMPT)
     pathways = [Pathway.parse(p) for p in PAPER_PATHWAYS]
     runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
     runner.run(prepared, ANSWER[:1], pathways[:1], K, "fast")  # warm-up
@@ -67,6 +72,7 @@ def bench(case: str, directory: Path, mode: str) -> dict[str, Any]:
         "mode": mode,
         "layers": runner.n_layers,
         "prompt_tokens": int(prepared.input_ids.shape[1]),
+        "image_keys": None if prepared.image_keys is None else int(prepared.image_keys.numel()),
         "answer_tokens": len(ANSWER),
         "naive_s": seconds["naive"],
         "fast_s": seconds["fast"],
@@ -97,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["mllama", "llava"])
+    parser.add_argument("--only", choices=["mllama", "llava", "qwen2_5_vl"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["strict", "paper"], default="paper")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
@@ -122,6 +128,20 @@ def main() -> None:
                 Path(tmp) / "llava", num_layers=32, image_size=336, patch_size=14, hidden_size=128
             )
             rows.append(bench("(b) LLaVA, 32 layers, 576 image pos.", directory, args.mode))
+        if args.only in (None, "qwen2_5_vl"):
+            features = 40 * 25
+            directory = write_tiny_qwen(
+                "qwen2_5_vl",
+                Path(tmp) / "qwen2_5_vl",
+                num_layers=28,
+                hidden_size=128,
+                num_heads=4,
+                num_kv_heads=2,
+                min_pixels=features * 28 * 28,
+                max_pixels=features * 28 * 28,
+            )
+            image = _image(1120, 700)
+            rows.append(bench("(c) Qwen2.5-VL, 28 layers, 1000 feat.", directory, args.mode, image))
     for r in rows:
         print(
             f"{r['case']}: {r['mode']} mode, prompt {r['prompt_tokens']} tokens, answer {r['answer_tokens']} "
