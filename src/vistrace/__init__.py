@@ -1,5 +1,66 @@
-"""vistrace: how a vision-language model uses the image while it answers."""
+"""vistrace: how a vision-language model uses the image while it answers.
+
+The public API (imported on first use, so `import vistrace` stays light and has no side effects):
+
+- `load(model, *, dtype, device, device_map, vision_tower) -> VisionModel`
+- `knockout_sweep(model, prompt, answer, *, pathways, window, mode, strategy) -> KnockoutSweep`
+- `attend(model, image, prompt, …) -> ImageAttention`
+- `volcano_loop(model, image, question, …) -> VolcanoResult`
+- extension points: `register_adapter` (a model family), `register_pool` (a layer/head pooling)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vistrace.adapters import PreparedPrompt, register_adapter
+    from vistrace.api import VisionModel, attend, knockout_sweep, load, volcano_loop
+    from vistrace.knockout import Pathway
+    from vistrace.pooling import register_pool
+    from vistrace.results import ImageAttention, KnockoutSweep
+    from vistrace.volcano import VolcanoResult
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_EXPORTS = {
+    "load": "vistrace.api",
+    "knockout_sweep": "vistrace.api",
+    "attend": "vistrace.api",
+    "volcano_loop": "vistrace.api",
+    "VisionModel": "vistrace.api",
+    "KnockoutSweep": "vistrace.results",
+    "ImageAttention": "vistrace.results",
+    "VolcanoResult": "vistrace.volcano",
+    "PreparedPrompt": "vistrace.adapters",
+    "Pathway": "vistrace.knockout",
+    "register_adapter": "vistrace.adapters",
+    "register_pool": "vistrace.pooling",
+}
+
+__all__ = [
+    "ImageAttention",
+    "KnockoutSweep",
+    "Pathway",
+    "PreparedPrompt",
+    "VisionModel",
+    "VolcanoResult",
+    "__version__",
+    "attend",
+    "knockout_sweep",
+    "load",
+    "register_adapter",
+    "register_pool",
+    "volcano_loop",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vistrace' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

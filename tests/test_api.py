@@ -1,0 +1,104 @@
+"""The public API: loading by every kind of name, result objects that round-trip and draw on an ax."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+import vistrace
+from vistrace.knockout import KnockoutRunner, Pathway
+
+from .conftest import scene_image
+
+matplotlib.use("Agg")
+
+
+def test_import_has_no_side_effects() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, vistrace; print('matplotlib' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    assert set(vistrace.__all__) >= {"load", "knockout_sweep", "attend", "volcano_loop", "register_adapter"}
+
+
+def _hub_cache(root: Path, repo_id: str, checkpoint: Path) -> Path:
+    """A Hugging Face cache laid out as huggingface_hub writes it, holding `checkpoint` as `repo_id`."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_a_hub_id_loads_from_the_local_cache(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = _hub_cache(tmp_path / "hub", "meta-llama/Llama-3.2-11B-Vision-Instruct", tiny_dirs["mllama"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = vistrace.load("meta-llama/Llama-3.2-11B-Vision-Instruct")
+    assert model.loaded.path == snapshot
+    assert model.cross_attention_layers == (3, 8) and model.num_layers == 10
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
+        vistrace.load("someone/not-downloaded")
+
+
+def test_vision_model_knows_its_structure(tiny_dirs: dict[str, Path]) -> None:
+    model = vistrace.load(tiny_dirs["llava"])
+    assert model.num_layers == 4 and model.cross_attention_layers == ()
+    assert model.context_length == int(model.model.config.text_config.max_position_embeddings)
+    assert model.eos_ids == {int(model.processor.tokenizer.eos_token_id)}
+    eos = next(iter(model.eos_ids))
+    assert model.answer_tokens([5, eos]) == [5]
+    with pytest.raises(ValueError, match="no tokens"):
+        model.answer_tokens("")
+
+
+def test_knockout_sweep_equals_the_runner_and_round_trips(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model = vistrace.load(tiny_dirs["mllama"])
+    prompt = model.prompt(scene_image(), "What is red?")
+    sweep = vistrace.knockout_sweep(model, prompt, [57, 88], pathways=["image_to_last"], window=3)
+    reference = KnockoutRunner(model.loaded).run(prompt, [57, 88], [Pathway.parse("image_to_last")], 3)
+    assert sweep.probs.shape == (1, 10)
+    assert sweep.probs[0].tolist() == reference.probs["image_to_last"]
+    assert sweep.p_full == reference.p_full
+    expected_change = (torch.tensor(reference.probs["image_to_last"]) - reference.p_full) / reference.p_full
+    torch.testing.assert_close(sweep.change()[0], expected_change.double() * 100)
+    frame = sweep.to_frame()
+    assert list(frame.columns) == ["pathway", "layer", "probability", "change"] and len(frame) == 10
+    sweep.save(tmp_path / "sweep")
+    again = vistrace.KnockoutSweep.load(tmp_path / "sweep.json")
+    assert again.probs.equal(sweep.probs) and again.pathways == sweep.pathways
+    assert again.p_full == sweep.p_full
+    assert again.mode == "strict" and again.window == 3 and again.cross_attention_layers == (3, 8)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    assert sweep.plot(ax=ax) is ax and len(ax.lines) >= 1
+    plt.close(fig)
+    with pytest.raises(ValueError, match="window"):
+        vistrace.knockout_sweep(model, prompt, [57], window=0)
+
+
+def test_image_attention_round_trips_and_draws(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model = vistrace.load(tiny_dirs["llava"])
+    image = scene_image()
+    attention = vistrace.attend(model, image, "What is red?", max_new_tokens=3)
+    tokens, layers, _heads, features = attention.attention.shape
+    assert (layers, features) == (4, attention.stage.geometry.num_features)
+    assert attention.map().shape == (features,) and attention.per_token().shape == (tokens,)
+    attention.save(tmp_path / "attention")
+    again = vistrace.ImageAttention.load(tmp_path / "attention", image)
+    assert again.text == attention.text and torch.equal(again.attention, attention.attention)
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2)
+    assert again.plot_image(ax=left) is left and again.plot_text(ax=right) is right
+    plt.close(fig)
