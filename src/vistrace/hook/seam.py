@@ -187,10 +187,14 @@ def _grouped_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 def _last_row_weights(
     query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
-    """(B, H, K) float32 softmax weights of the last query row, as eager attention computes them."""
-    n_rep = query.shape[1] // key.shape[1]
-    key = repeat_kv(key, n_rep)
-    scores = torch.matmul(query[:, :, -1:], key.transpose(2, 3)) * scaling
+    """(B, H, K) float32 softmax weights of the last query row, as eager attention computes them.
+
+    Query heads are grouped onto their key head (head h reads key head h // (H / H_kv), as
+    `repeat_kv` arranges them), so the keys are never copied per query head."""
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query[:, :, -1].reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, key.transpose(2, 3)).reshape(batch, heads, 1, -1) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask[:, :, -1:, : key.shape[-2]]
     return torch.softmax(scores, dim=-1, dtype=torch.float32)[:, :, 0]
