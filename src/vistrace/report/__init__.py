@@ -1,0 +1,90 @@
+"""The static HTML report: one self-contained file that shows attention, knockout and evaluation
+runs offline (scripts, styles, images and data inline; nothing is fetched from the network).
+
+    from vistrace.report import write_report
+    write_report([Path("runs/attend"), Path("runs/trace")], Path("report.html"))
+
+See docs/report.md for what each view shows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from .attend import attend_section
+from .evals import eval_section
+from .flow import trace_section
+from .page import render_page
+
+log = logging.getLogger(__name__)
+
+RunKind = Literal["attend", "trace", "eval"]
+_SECTIONS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "attend": attend_section,
+    "trace": trace_section,
+    "eval": eval_section,
+}
+_MARKERS: tuple[tuple[str, RunKind], ...] = (
+    ("log.json", "attend"),
+    ("results.jsonl", "trace"),
+    ("predictions.jsonl", "eval"),
+)
+
+
+def detect_kind(run: str | Path) -> RunKind:
+    """The kind of the run folder `run`: `attend` (has `log.json`), `trace` (`results.jsonl`) or
+    `eval` (`predictions.jsonl`); the `command` of its `config.json` decides when several are there.
+    ValueError saying what was expected otherwise."""
+    folder = Path(run)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such run folder")
+    found = [kind for name, kind in _MARKERS if (folder / name).is_file()]
+    config = folder / "config.json"
+    if len(found) > 1 and config.is_file():
+        command = json.loads(config.read_text(encoding="utf-8")).get("command")
+        if command in found:
+            return str(command)  # type: ignore[return-value]
+    if not found:
+        raise ValueError(
+            f"{folder}: not a vistrace run folder (expected log.json of `attend`, results.jsonl of "
+            "`trace` or predictions.jsonl of `eval`)"
+        )
+    return found[0]
+
+
+def write_report(runs: Sequence[Path], out: Path, *, title: str = "vistrace report") -> Path:
+    """Write ONE self-contained HTML file at `out` showing every run folder of `runs`; return `out`.
+
+    Each folder's kind is detected from its files (:func:`detect_kind`): `attend` runs show each
+    instance's image and stages with clickable tokens and their heatmaps (per-token maps for the
+    `top_k_mean`, `mean` and `max` head poolings, quantised to uint8) and the Figure 5 averages;
+    `trace` runs show the flow curves with the paper's filter and clipping as toggles and a sample
+    table; `eval` runs show the score per category under the dataset's metric and the mistakes.
+    Raises ValueError for a folder that is no run; the parent folder of `out` is created.
+    """
+    if not runs:
+        raise ValueError("give at least one run folder")
+    sections = []
+    for run in runs:
+        folder = Path(run)
+        kind = detect_kind(folder)
+        section = _SECTIONS[kind](folder)
+        sections.append({"name": folder.name or str(folder), "path": str(folder.resolve()), **section})
+    data = {
+        "title": title,
+        "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": sections,
+    }
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_page(title, data), encoding="utf-8")
+    log.info("report: %s (%.1f MB)", target, target.stat().st_size / 1e6)
+    return target
+
+
+__all__ = ["RunKind", "detect_kind", "write_report"]

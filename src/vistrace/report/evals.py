@@ -1,0 +1,66 @@
+"""The data of an evaluation (`eval`) run for the report: the score per category under the
+dataset's metric (:func:`vistrace.scoring.score_record`) and the predictions that missed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vistrace.evaluate import CONFIG_FILE, PREDICTIONS_FILE, read_jsonl
+from vistrace.scoring import metric_name, record_categories, score_record
+
+from .encode import rounded
+
+MAX_MISTAKES = 500
+"""At most this many mistakes are listed (the lowest scores first)."""
+
+
+def eval_section(run: Path) -> dict[str, Any]:
+    """Scores per category (`overall` first) and the mistakes (score below 1) of the run in `run`.
+
+    Scores are computed with the default rules of :func:`vistrace.scoring.score_run`; nothing is
+    written into the run folder."""
+    records = list({str(r["id"]): r for r in read_jsonl(run / PREDICTIONS_FILE)}.values())
+    config_path = run / CONFIG_FILE
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    datasets = sorted({str(r.get("dataset", "")) for r in records})
+    dataset = str(config.get("dataset") or (datasets[0] if datasets else ""))
+    per_category: dict[str, list[float]] = {}
+    every: list[float] = []
+    mistakes: list[dict[str, Any]] = []
+    for record in records:
+        score = score_record(record)
+        if score is None:
+            continue
+        every.append(score)
+        for name in record_categories(record):
+            per_category.setdefault(name, []).append(score)
+        if score < 1.0:
+            mistakes.append(
+                {
+                    "id": str(record["id"]),
+                    "question": str(record.get("question", "")),
+                    "prediction": str(record.get("prediction", "")),
+                    "answers": [str(a) for a in record.get("answers") or ()],
+                    "category": ", ".join(record_categories(record)),
+                    "score": rounded(score, 3),
+                }
+            )
+    mistakes.sort(key=lambda m: (m["score"], m["id"]))
+    rows = [("overall", every), *sorted(per_category.items())]
+    return {
+        "kind": "eval",
+        "config": config,
+        "dataset": dataset,
+        "metric": metric_name(dataset),
+        "scores": [
+            {"category": name, "count": len(v), "score": rounded(sum(v) / len(v), 4) if v else None}
+            for name, v in rows
+        ],
+        "mistakes": mistakes[:MAX_MISTAKES],
+        "n_mistakes": len(mistakes),
+    }
+
+
+__all__ = ["MAX_MISTAKES", "eval_section"]
