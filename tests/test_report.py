@@ -173,3 +173,18 @@ def test_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"  # the page after the self-test clicked its first token
     _chromium(profile, "--window-size=1200,2400", f"--screenshot={shot}", report.as_uri() + "#selftest")
     assert shot.is_file() and shot.stat().st_size > 0
+
+
+def test_fewer_poolings_make_a_smaller_file(runs: dict[str, Path], report: Path, tmp_path: Path) -> None:
+    small = write_report([runs["attend_mllama"]], tmp_path / "small.html", pools=["max"])
+    run = _data(small.read_text(encoding="utf-8"))["runs"][0]
+    assert run["pools"] == ["max"] and all(
+        list(stage["maps"]) == ["max"]
+        for instance in run["instances"]
+        for stage in instance["stages"].values()
+    )
+    assert small.stat().st_size < report.stat().st_size
+    with pytest.raises(ValueError, match="unknown pooling method"):
+        write_report([runs["attend_mllama"]], tmp_path / "bad.html", pools=["median"])
+    with pytest.raises(ValueError, match="not a vistrace run folder"):
+        write_report([tmp_path], tmp_path / "none.html")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .attend import attend_section
+from .attend import POOLS, attend_section
 from .evals import eval_section
 from .flow import trace_section
 from .page import render_page
@@ -57,7 +57,13 @@ def detect_kind(run: str | Path) -> RunKind:
     return found[0]
 
 
-def write_report(runs: Sequence[Path], out: Path, *, title: str = "vistrace report") -> Path:
+def write_report(
+    runs: Sequence[Path],
+    out: Path,
+    *,
+    title: str = "vistrace report",
+    pools: Sequence[str] = POOLS,
+) -> Path:
     """Write ONE self-contained HTML file at `out` showing every run folder of `runs`; return `out`.
 
     Each folder's kind is detected from its files (:func:`detect_kind`): `attend` runs show each
@@ -65,7 +71,9 @@ def write_report(runs: Sequence[Path], out: Path, *, title: str = "vistrace repo
     `top_k_mean`, `mean` and `max` head poolings, quantised to uint8) and the Figure 5 averages;
     `trace` runs show the flow curves with the paper's filter and clipping as toggles and a sample
     table; `eval` runs show the score per category under the dataset's metric and the mistakes.
-    Raises ValueError for a folder that is no run; the parent folder of `out` is created.
+    `pools` chooses the head poolings stored for attention runs (fewer make a smaller file); `title`
+    heads the page. Raises ValueError for a folder that is no run or an unknown pooling; the parent
+    folder of `out` is created.
     """
     if not runs:
         raise ValueError("give at least one run folder")
@@ -73,7 +81,7 @@ def write_report(runs: Sequence[Path], out: Path, *, title: str = "vistrace repo
     for run in runs:
         folder = Path(run)
         kind = detect_kind(folder)
-        section = _SECTIONS[kind](folder)
+        section = attend_section(folder, pools) if kind == "attend" else _SECTIONS[kind](folder)
         sections.append({"name": folder.name or str(folder), "path": str(folder.resolve()), **section})
     data = {
         "title": title,
@@ -87,4 +95,4 @@ def write_report(runs: Sequence[Path], out: Path, *, title: str = "vistrace repo
     return target
 
 
-__all__ = ["RunKind", "detect_kind", "write_report"]
+__all__ = ["POOLS", "RunKind", "detect_kind", "write_report"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class _Geometries:
         return self._index[key]
 
 
-def _stage(stage: StageCapture, geometry: int) -> dict[str, Any]:
+def _stage(stage: StageCapture, geometry: int, pools: Sequence[str]) -> dict[str, Any]:
     scores = token_image_attention(stage.image_attention).numpy()
     return {
         "text": stage.text,
@@ -63,7 +64,7 @@ def _stage(stage: StageCapture, geometry: int) -> dict[str, Any]:
         "layers": list(stage.layers),
         "scores": [rounded(float(s)) for s in scores],
         "geometry": geometry,
-        "maps": {pool: quantize_rows(token_pool_maps(stage, pool)) for pool in POOLS},
+        "maps": {pool: quantize_rows(token_pool_maps(stage, pool)) for pool in pools},
     }
 
 
@@ -77,7 +78,9 @@ def _figure5_stages(entry: dict[str, Any], names: list[str]) -> dict[str, str]:
     return chosen
 
 
-def _figure5(collected: list[tuple[dict[str, Any], dict[str, StageCapture]]]) -> dict[str, Any] | None:
+def _figure5(
+    collected: list[tuple[dict[str, Any], dict[str, StageCapture]]], pools: Sequence[str]
+) -> dict[str, Any] | None:
     """Average normalised maps (96 × 96, image stretched to a square) per stage group and pooling,
     over the instances whose revision was adopted, else over every instance."""
     if not collected:
@@ -90,7 +93,7 @@ def _figure5(collected: list[tuple[dict[str, Any], dict[str, StageCapture]]]) ->
             stage = stages[name]
             if stage.content_tokens < 1:
                 continue
-            for pool in POOLS:
+            for pool in pools:
                 values = stage_map(stage, pool, TOP_K, "mean", None)
                 sums.setdefault(group, {}).setdefault(pool, []).append(
                     normalized_raster(values, stage.geometry)
@@ -112,8 +115,11 @@ def _figure5(collected: list[tuple[dict[str, Any], dict[str, StageCapture]]]) ->
     }
 
 
-def attend_section(run: Path) -> dict[str, Any]:
-    """Everything the page shows of the attention run in `run` (see module docstring)."""
+def attend_section(run: Path, pools: Sequence[str] = POOLS) -> dict[str, Any]:
+    """Everything the page shows of the attention run in `run` (see module docstring), with per-token
+    maps for each head pooling of `pools` (names of :data:`vistrace.pooling.LAYER_HEAD_POOLS`)."""
+    if not pools:
+        raise ValueError("give at least one head pooling, e.g. top_k_mean")
     data = read_log(run)
     geometries = _Geometries()
     instances: list[dict[str, Any]] = []
@@ -138,18 +144,19 @@ def attend_section(run: Path) -> dict[str, Any]:
                 "adopted_round": entry.get("adopted_round"),
                 "image": None if preview is None else image_data_uri(preview),
                 "stages": {
-                    name: _stage(stage, geometries.add(stage.geometry)) for name, stage in stages.items()
+                    name: _stage(stage, geometries.add(stage.geometry), pools)
+                    for name, stage in stages.items()
                 },
             }
         )
     return {
         "kind": "attend",
         "config": data.get("config", {}),
-        "pools": list(POOLS),
+        "pools": list(pools),
         "top_k": TOP_K,
         "geometries": geometries.items,
         "instances": instances,
-        "figure5": _figure5(collected),
+        "figure5": _figure5(collected, pools),
     }
 
 
