@@ -63,6 +63,13 @@ def test_fast_equals_naive(
         # The answer's probability can be far below the absolute tolerance: compare log-probabilities.
         worst_log = float((actual.log() - expected.log()).abs().max())
         assert worst_log <= 1e-4, (pathway.name, worst_log)
+        # Every answer token's own probability agrees too, not only their product.
+        per_token = torch.tensor(fast.token_probs[pathway.name]) / torch.tensor(
+            naive.token_probs[pathway.name]
+        )
+        assert per_token.shape == (runner.n_layers, len(answer))
+        assert float(per_token.log().abs().max()) <= 1e-4, pathway.name
+    assert fast.p_full_tokens == pytest.approx(naive.p_full_tokens, rel=1e-5)
     assert fast.layer_evaluations < naive.layer_evaluations
 
 

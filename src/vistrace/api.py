@@ -145,6 +145,8 @@ def knockout_sweep(
         answer_tokens=tuple(tokens),
         cross_attention_layers=model.cross_attention_layers,
         layer_evaluations=result.layer_evaluations,
+        token_probs=torch.tensor([result.token_probs[p.name] for p in parsed], dtype=torch.float64),
+        p_full_tokens=torch.tensor(result.p_full_tokens, dtype=torch.float64),
     )
 
 

@@ -12,8 +12,9 @@ step re-runs only the rows whose blocked entries differ from the previous step's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -59,13 +60,19 @@ def window_layers(centre: int, k: int, n_layers: int) -> range:
 @dataclass(frozen=True)
 class KnockoutResult:
     """Answer probability of one sample: `p_full` unblocked, `probs[p][l]` with pathway `p` blocked in
-    the window centred at layer `l` (one value per decoder layer). `layer_evaluations` counts
-    decoder-layer × token evaluations spent (text decoder only)."""
+    the window centred at layer `l` (one value per decoder layer), each the product over the answer
+    tokens. `layer_evaluations` counts decoder-layer × token evaluations spent (text decoder only).
+
+    The per-token probabilities behind them, from which any score can be recomputed
+    (`vistrace.scores`): `p_full_tokens[i]` of answer token i unblocked, `token_probs[p][l][i]`
+    blocked."""
 
     p_full: float
     probs: dict[str, list[float]]
     answer_tokens: tuple[int, ...]
     layer_evaluations: int
+    p_full_tokens: tuple[float, ...] = ()
+    token_probs: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,25 +188,28 @@ class KnockoutRunner:
 
     # ----- naive ------------------------------------------------------------------------------
     def _naive(self, seq: _Sequence, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
-        p_full = 1.0
-        probs = {p.name: [1.0] * self.n_layers for p in pathways}
+        full_tokens: list[float] = []
+        tokens: dict[str, list[list[float]]] = {p.name: [[] for _ in range(self.n_layers)] for p in pathways}
         evaluations = 0
         for step, token in enumerate(seq.answer):
             length = seq.prompt_len + step
             inputs = seq.model_inputs(length, self.adapter)
             logits = self._forward(inputs, self._plan(seq, step, 0, None, [])).logits[:, -1]
-            p_full *= float(_answer_probability(logits, token, self.temperature)[0])
+            full_tokens.append(float(_answer_probability(logits, token, self.temperature)[0]))
             evaluations += self.n_layers * length
             for pathway in pathways:
                 for centre in range(self.n_layers):
                     layers = frozenset(window_layers(centre, k, self.n_layers))
                     plan = self._plan(seq, step, 0, pathway, [layers])
                     logits = self._forward(inputs, plan).logits[:, -1]
-                    probs[pathway.name][centre] *= float(
-                        _answer_probability(logits, token, self.temperature)[0]
+                    tokens[pathway.name][centre].append(
+                        float(_answer_probability(logits, token, self.temperature)[0])
                     )
                     evaluations += self.n_layers * length
-        return KnockoutResult(p_full, probs, seq.answer, evaluations)
+        probs = {name: [math.prod(values) for values in per_layer] for name, per_layer in tokens.items()}
+        return KnockoutResult(
+            math.prod(full_tokens), probs, seq.answer, evaluations, tuple(full_tokens), tokens
+        )
 
     # ----- fast -------------------------------------------------------------------------------
     def _fast(self, seq: _Sequence, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
@@ -220,7 +230,6 @@ class KnockoutRunner:
             _answer_probability(clean.logits[:, seq.prompt_len - 1 + i], tok, self.temperature).double().cpu()
             for i, tok in enumerate(seq.answer)
         ]
-        p_full = float(torch.cat(p_steps).prod())
         # Windows whose affected layers are the same give the same numbers: one batch element per set;
         # pathways that re-run the same rows at every step share batches.
         by_centre: dict[str, list[frozenset[int]]] = {}
@@ -232,7 +241,7 @@ class KnockoutRunner:
             ]
             by_centre[pathway.name] = sets
             groups.setdefault(plan.schedule, []).extend((pathway, s) for s in dict.fromkeys(sets) if s)
-        value: dict[tuple[str, frozenset[int]], float] = {}
+        value: dict[tuple[str, frozenset[int]], list[float]] = {}
         for schedule, elements in groups.items():
             if not elements:
                 continue
@@ -243,10 +252,17 @@ class KnockoutRunner:
                 chunk = elements[first : first + size]
                 probs, spent = self._sweep_chunk(seq, schedule, chunk, clean, finish, layers, p_steps)
                 evaluations += spent
-                for (pathway, layer_set), prob in zip(chunk, probs.tolist(), strict=True):
-                    value[(pathway.name, layer_set)] = prob
-        out = {p.name: [value[(p.name, s)] if s else p_full for s in by_centre[p.name]] for p in pathways}
-        return KnockoutResult(p_full, out, seq.answer, evaluations)
+                for (pathway, layer_set), per_token in zip(chunk, probs.tolist(), strict=True):
+                    value[(pathway.name, layer_set)] = per_token
+        full_tokens = [float(p) for p in torch.cat(p_steps).tolist()]
+        tokens = {
+            p.name: [value[(p.name, s)] if s else list(full_tokens) for s in by_centre[p.name]]
+            for p in pathways
+        }
+        out = {name: [math.prod(values) for values in per_layer] for name, per_layer in tokens.items()}
+        return KnockoutResult(
+            math.prod(full_tokens), out, seq.answer, evaluations, tuple(full_tokens), tokens
+        )
 
     def _sweep_chunk(
         self,
@@ -258,9 +274,10 @@ class KnockoutRunner:
         layers: list[torch.nn.Module],
         p_steps: list[torch.Tensor],
     ) -> tuple[torch.Tensor, int]:
-        """(chunk,) answer probabilities of each (pathway, layer set), and the evaluations spent."""
+        """(chunk, answer tokens) probabilities of each answer token under each (pathway, layer set),
+        and the evaluations spent."""
         batch = len(chunk)
-        probs = torch.ones(batch, dtype=torch.float64)
+        steps: list[torch.Tensor] = []
         layer_mask = torch.zeros(batch, self.n_layers, dtype=torch.bool)
         for b, (_, layer_set) in enumerate(chunk):
             layer_mask[b, sorted(layer_set)] = True
@@ -271,7 +288,7 @@ class KnockoutRunner:
         spent = 0
         for step, (token, entry) in enumerate(zip(seq.answer, schedule, strict=True)):
             if entry is None:
-                probs *= p_steps[step]
+                steps.append(p_steps[step].expand(batch))
                 state = None
                 continue
             length = seq.prompt_len + step
@@ -294,8 +311,8 @@ class KnockoutRunner:
                 reused=state if entry.reuse else None,
             )
             spent += used
-            probs *= _answer_probability(logits, token, self.temperature).double().cpu()
-        return probs, spent
+            steps.append(_answer_probability(logits, token, self.temperature).double().cpu())
+        return torch.stack(steps, dim=1), spent
 
 
 # One batched re-run call holds at most this many rows (windows × rows) per position of the sequence,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vistrace import scores
 from vistrace.capture import StageCapture
 from vistrace.plots.attention_maps import feature_raster
 from vistrace.pooling import pool_tokens, token_image_attention
@@ -47,6 +48,8 @@ class KnockoutSweep:
       teacher forcing, softmax at `temperature`.
     - `mode` (`strict` or `paper`), `strategy` (`fast` or `naive`): how it was computed.
     - `cross_attention_layers`: layers whose keys are image features (Mllama), for plots.
+    - `token_probs`: (P, L, T) the per-token probabilities behind `probs`, `p_full_tokens`: (T,)
+      unblocked; any score of `vistrace.scores` is computed from them (`score`, `change`).
     """
 
     pathways: tuple[str, ...]
@@ -59,14 +62,26 @@ class KnockoutSweep:
     answer_tokens: tuple[int, ...]
     cross_attention_layers: tuple[int, ...] = ()
     layer_evaluations: int = 0
+    token_probs: torch.Tensor | None = None
+    p_full_tokens: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
         return int(self.probs.shape[1])
 
-    def change(self) -> torch.Tensor:
-        """(P, L) change in answer probability, percent: (p_blocked − p_full) / p_full × 100."""
-        return (self.probs - self.p_full) / self.p_full * 100.0
+    def score(self, name: str = "product") -> tuple[torch.Tensor, torch.Tensor]:
+        """((P, L) blocked, () full) values of score `name` (`vistrace.scores`)."""
+        if name == "product":
+            return self.probs, torch.tensor(self.p_full, dtype=torch.float64)
+        if self.token_probs is None or self.p_full_tokens is None:
+            raise ValueError("this sweep kept no per-token probabilities: only the product score is known")
+        return scores.score(name, self.token_probs), scores.score(name, self.p_full_tokens)
+
+    def change(self, score: str = "product") -> torch.Tensor:
+        """(P, L) change of the answer's score, percent: (blocked − full) / full × 100 (for the default
+        `product`, the answer probability's change as FlowTracker defines it)."""
+        blocked, full = self.score(score)
+        return scores.change(score, blocked, full)
 
     def to_frame(self) -> Any:
         """A pandas DataFrame, one row per (pathway, layer): probability and change (percent)."""
@@ -104,7 +119,11 @@ class KnockoutSweep:
         """Write `path`.safetensors (the probabilities) and `path`.json (the rest); returns the JSON."""
         tensors, meta = _paths(path)
         tensors.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"probs": self.probs.contiguous()}, str(tensors))
+        arrays = {"probs": self.probs.contiguous()}
+        if self.token_probs is not None and self.p_full_tokens is not None:
+            arrays["token_probs"] = self.token_probs.contiguous()
+            arrays["p_full_tokens"] = self.p_full_tokens.contiguous()
+        save_file(arrays, str(tensors))
         data = {
             "kind": "knockout_sweep",
             "pathways": list(self.pathways),
@@ -127,9 +146,10 @@ class KnockoutSweep:
         data = json.loads(meta.read_text())
         if data.get("kind") != "knockout_sweep":
             raise ValueError(f"{meta}: not a saved knockout sweep")
+        arrays = load_file(str(tensors))
         return cls(
             pathways=tuple(data["pathways"]),
-            probs=load_file(str(tensors))["probs"],
+            probs=arrays["probs"],
             p_full=float(data["p_full"]),
             window=int(data["window"]),
             mode=str(data["mode"]),
@@ -138,6 +158,8 @@ class KnockoutSweep:
             answer_tokens=tuple(int(t) for t in data["answer_tokens"]),
             cross_attention_layers=tuple(int(i) for i in data["cross_attention_layers"]),
             layer_evaluations=int(data.get("layer_evaluations", 0)),
+            token_probs=arrays.get("token_probs"),
+            p_full_tokens=arrays.get("p_full_tokens"),
         )
 
 
