@@ -167,8 +167,10 @@ def test_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     assert match is not None, done.stderr[-2000:]
     result = json.loads(html.unescape(match.group(1)))
     assert result["errors"] == [] and result["pwned"] is None
-    assert result["tokens"] > 0 and result["selected"] == 1
-    assert result["overlay_before"] == 0 and result["overlay_after"] > 0
+    assert result["tokens"] > 0 and len(result["overlays"]) == 2  # llava, mllama
+    for overlay in result["overlays"]:
+        assert overlay["before"] == 0 and overlay["after"] > 0 and overlay["selected"] == 1
+    assert any(overlay["changed"] for overlay in result["overlays"])
     assert result["flow_lines_unfiltered"] == 2  # one line per pathway (tiny models: p_full < 0.5)
     shot = tmp_path / "report.png"  # the page after the self-test clicked its first token
     _chromium(profile, "--window-size=1200,2400", f"--screenshot={shot}", report.as_uri() + "#selftest")

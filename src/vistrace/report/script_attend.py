@@ -136,9 +136,10 @@ VT.attend = function (run, root) {
     var f5 = run.figure5;
     if (!f5) { return; }
     fig5.appendChild(VT.el('h3', null, 'Average attention to the image per stage (Figure 5)'));
-    fig5.appendChild(VT.el('p', null, 'n = ' + f5.n + (f5.selection === 'adopted' ? ' instances with the revision adopted' :
-      ' instances (none had its revision adopted: all are averaged)') + '; image stretched to a square; mean over tokens; one colour scale.'));
     var groups = Object.keys(f5.maps), top = 0, row = VT.el('div', {'class': 'fig5'});
+    var which = f5.selection === 'adopted' ? ' instances with the revision adopted' :
+      (groups.length > 1 ? ' instances (none had its revision adopted: all are averaged)' : ' instances');
+    fig5.appendChild(VT.el('p', null, 'n = ' + f5.n + which + '; image stretched to a square; mean over tokens; one colour scale.'));
     groups.forEach(function (gname) { var p = f5.maps[gname][state.pool]; if (p) { top = Math.max(top, p.scale[0]); } });
     groups.forEach(function (gname) {
       var p = f5.maps[gname][state.pool]; if (!p) { return; }

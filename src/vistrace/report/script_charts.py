@@ -125,25 +125,26 @@ VT.evaluation = function (run, root) {
 
 VT.selftest = function () {
   var out = {tokens: document.querySelectorAll('.tok').length, flow_lines: document.querySelectorAll('.flow-line').length};
-  var canvas = document.querySelector('canvas.overlay');
-  function painted() {
-    if (!canvas) { return 0; }
-    var px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data, n = 0;
-    for (var i = 3; i < px.length; i += 4) { if (px[i] > 0) { n++; } }
-    return n;
+  function painted(canvas) {
+    var px = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data, n = 0, sum = 0;
+    for (var i = 3; i < px.length; i += 4) { if (px[i] > 0) { n++; sum += px[i - 3] + 3 * px[i - 2] + 7 * px[i - 1]; } }
+    return [n, sum];
   }
-  out.overlay_before = painted();
-  var first = document.querySelector('.tok');
-  if (first) { first.click(); }
-  out.overlay_after = painted();
-  out.selected = document.querySelectorAll('.tok.sel').length;
+  // Per attention run: painted pixels before and after a click on the first token, then on the last token.
+  out.overlays = Array.prototype.map.call(document.querySelectorAll('section.run-attend'), function (section) {
+    var canvas = section.querySelector('canvas.overlay'), toks = section.querySelectorAll('.tok');
+    if (!canvas || !toks.length) { return null; }
+    var before = painted(canvas); toks[0].click();
+    var first = painted(canvas), selected = section.querySelectorAll('.tok.sel').length; toks[toks.length - 1].click();
+    var last = painted(canvas);
+    return {before: before[0], after: first[0], selected: selected, changed: first[1] !== last[1]};
+  });
   var filter = document.querySelector('input.paper-filter');
   if (filter && filter.checked) { filter.click(); }
   out.flow_lines_unfiltered = document.querySelectorAll('.flow-line').length;
   out.errors = VT.errors;
   out.pwned = window.__pwned === undefined ? null : window.__pwned;
-  var pre = VT.el('pre', {id: 'selftest-result'}, JSON.stringify(out));
-  document.body.appendChild(pre);
+  document.body.appendChild(VT.el('pre', {id: 'selftest-result'}, JSON.stringify(out)));
 };
 
 (function () {
