@@ -4,6 +4,7 @@ The public API (imported on first use, so `import vistrace` stays light and has 
 
 - `load(model, *, dtype, device, device_map, vision_tower) -> VisionModel`
 - `knockout_sweep(model, prompt, answer, *, pathways, window, mode, strategy) -> KnockoutSweep`
+- `answer_probability_by_layer(model, prompt, answer) -> (layers, tokens) tensor` (a logit lens)
 - `attend(model, image, prompt, …) -> ImageAttention`
 - `volcano_loop(model, image, question, …) -> VolcanoResult`
 - extension points: `register_adapter` (a model family), `register_pool` (a layer/head pooling)
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vistrace.adapters import PreparedPrompt, register_adapter
-    from vistrace.api import VisionModel, attend, knockout_sweep, load, volcano_loop
+    from vistrace.api import (
+        VisionModel,
+        answer_probability_by_layer,
+        attend,
+        knockout_sweep,
+        load,
+        volcano_loop,
+    )
     from vistrace.knockout import Pathway
     from vistrace.pooling import register_pool
     from vistrace.results import ImageAttention, KnockoutSweep
@@ -26,6 +34,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load": "vistrace.api",
+    "answer_probability_by_layer": "vistrace.api",
     "knockout_sweep": "vistrace.api",
     "attend": "vistrace.api",
     "volcano_loop": "vistrace.api",
@@ -47,6 +56,7 @@ __all__ = [
     "VisionModel",
     "VolcanoResult",
     "__version__",
+    "answer_probability_by_layer",
     "attend",
     "knockout_sweep",
     "load",

@@ -25,6 +25,7 @@ from vistrace.capture import _context_length, _eos_ids
 from vistrace.capture import capture as capture_stage
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.lens import answer_probability_by_layer as by_layer
 from vistrace.loading import LoadedModel
 from vistrace.loading import load as load_checkpoint
 from vistrace.results import ImageAttention, KnockoutSweep
@@ -148,6 +149,14 @@ def knockout_sweep(
         token_probs=torch.tensor([result.token_probs[p.name] for p in parsed], dtype=torch.float64),
         p_full_tokens=torch.tensor(result.p_full_tokens, dtype=torch.float64),
     )
+
+
+def answer_probability_by_layer(
+    model: VisionModel, prompt: PreparedPrompt, answer: str | Sequence[int], *, temperature: float = 1.0
+) -> torch.Tensor:
+    """(L, T) probability of each answer token read after every decoder layer through the model's own
+    final norm and head (a logit lens at the scored positions; `vistrace.lens`)."""
+    return by_layer(model.loaded, prompt, model.answer_tokens(answer), temperature=temperature)
 
 
 def attend(
