@@ -124,6 +124,7 @@ def test_one_self_contained_file_with_escaped_text(report: Path) -> None:
     evaluation = data["runs"][3]
     assert evaluation["metric"] == "exact_match" and evaluation["scores"][0]["category"] == "overall"
     assert all(m["answers"] == [INJECTION] for m in evaluation["mistakes"])
+    assert all(m["image"].startswith("data:image/png;base64,") for m in evaluation["mistakes"])
 
 
 def test_token_maps_match_pooling(report: Path, runs: dict[str, Path]) -> None:

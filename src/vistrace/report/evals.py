@@ -7,13 +7,29 @@ import json
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from vistrace.evaluate import CONFIG_FILE, PREDICTIONS_FILE, read_jsonl
 from vistrace.scoring import metric_name, record_categories, score_record
 
-from .encode import rounded
+from .encode import image_data_uri, rounded
 
 MAX_MISTAKES = 500
 """At most this many mistakes are listed (the lowest scores first)."""
+MAX_THUMBNAILS = 100
+"""The first this many mistakes listed carry a thumbnail of their image (when the file is there)."""
+THUMBNAIL_SIDE = 160
+
+
+def _thumbnail(path: Any) -> str | None:
+    """A small PNG data URI of the image at `path`, or None when there is no readable image there."""
+    if not path or not Path(str(path)).is_file():
+        return None
+    try:
+        with Image.open(str(path)) as image:
+            return image_data_uri(image, THUMBNAIL_SIDE)
+    except (OSError, ValueError):
+        return None
 
 
 def eval_section(run: Path) -> dict[str, Any]:
@@ -45,9 +61,15 @@ def eval_section(run: Path) -> dict[str, Any]:
                     "answers": [str(a) for a in record.get("answers") or ()],
                     "category": ", ".join(record_categories(record)),
                     "score": rounded(score, 3),
+                    "image_path": record.get("image"),
                 }
             )
     mistakes.sort(key=lambda m: (m["score"], m["id"]))
+    mistakes = mistakes[:MAX_MISTAKES]
+    for mistake in mistakes[:MAX_THUMBNAILS]:
+        mistake["image"] = _thumbnail(mistake.pop("image_path"))
+    for mistake in mistakes[MAX_THUMBNAILS:]:
+        mistake.pop("image_path")
     rows = [("overall", every), *sorted(per_category.items())]
     return {
         "kind": "eval",
@@ -58,9 +80,9 @@ def eval_section(run: Path) -> dict[str, Any]:
             {"category": name, "count": len(v), "score": rounded(sum(v) / len(v), 4) if v else None}
             for name, v in rows
         ],
-        "mistakes": mistakes[:MAX_MISTAKES],
+        "mistakes": mistakes,
         "n_mistakes": len(mistakes),
     }
 
 
-__all__ = ["MAX_MISTAKES", "eval_section"]
+__all__ = ["MAX_MISTAKES", "MAX_THUMBNAILS", "eval_section"]

@@ -17,7 +17,11 @@ VT.table = function (header, rows, onclick) {
   table.appendChild(head);
   rows.forEach(function (row, i) {
     var tr = VT.el('tr');
-    row.forEach(function (cell) { tr.appendChild(VT.el('td', null, cell === null || cell === undefined ? '' : cell)); });
+    row.forEach(function (cell) {
+      if (cell && typeof cell === 'object' && 'img' in cell) {
+        var td = VT.el('td'), img = VT.el('img', {alt: 'image', 'class': 'thumb'}); img.src = cell.img; td.appendChild(img); tr.appendChild(td);
+      } else { tr.appendChild(VT.el('td', null, cell === null || cell === undefined ? '' : cell)); }
+    });
     if (onclick) { tr.className = 'clickable'; tr.addEventListener('click', function () { onclick(i, tr); }); }
     table.appendChild(tr);
   });
@@ -118,8 +122,8 @@ VT.evaluation = function (run, root) {
     return [s.category, s.count, s.score === null ? '' : (100 * s.score).toFixed(2)];
   })));
   root.appendChild(VT.el('h3', null, 'Mistakes (score below 1): ' + run.n_mistakes + (run.n_mistakes > run.mistakes.length ? ', the first ' + run.mistakes.length + ' listed' : '')));
-  root.appendChild(VT.table(['id', 'category', 'question', 'prediction', 'answers', 'score'], run.mistakes.map(function (m) {
-    return [m.id, m.category, m.question, m.prediction, m.answers.join(' | '), m.score];
+  root.appendChild(VT.table(['image', 'id', 'category', 'question', 'prediction', 'answers', 'score'], run.mistakes.map(function (m) {
+    return [m.image ? {img: m.image} : null, m.id, m.category, m.question, m.prediction, m.answers.join(' | '), m.score];
   })));
 };
 
