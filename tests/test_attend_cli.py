@@ -188,7 +188,7 @@ def test_attend_volcano_resume_and_figures(
         "attend", "--model", str(tiny_dirs[family]), "--input", str(source), "--out", str(run),
         "--max-new-tokens", str(MAX_NEW_TOKENS), "--no-volcano", code=1,
     )  # fmt: skip
-    assert _error(result).startswith(f"Error: {run} holds a run with another configuration")
+    assert _error(result).startswith(f"Error: {run}: the results there were made with other settings")
     monkeypatch.undo()
 
     figures = run / "figures"

@@ -93,7 +93,9 @@ def test_vqav2_bad_records_are_skipped(tmp_path: Path) -> None:
     assert "question 7 (id 13): no annotation" in reasons[5]
     assert reasons[6].endswith("question 8 (id 14): missing key 'answers'")
     assert reasons[7].endswith("question 9 (id 15): 'image_id' must be an integer, found 'abc'")
-    assert reasons[8].endswith("question 10 (id 880001000): duplicate id, first occurrence kept")
+    assert reasons[8].endswith(
+        "question 10 (id 880001000): duplicate id, also at question 0; the first is kept"
+    )
     assert [s.id for s in result.skipped][2:] == [None, "11", "12", "13", "14", "15", "880001000"]
     assert all("\n" not in reason for reason in reasons)
 
@@ -197,7 +199,7 @@ def test_docvqa_without_question_types_and_bad_records(tmp_path: Path) -> None:
     reasons = [s.reason for s in result.skipped]
     assert reasons[0].endswith("record 1 (id 2): empty 'answers'")
     assert reasons[1].endswith("record 2 (id 3): 'image' must be a string, found int")
-    assert reasons[2].endswith("record 3 (id 1): duplicate id, first occurrence kept")
+    assert reasons[2].endswith("record 3 (id 1): duplicate id, also at record 0; the first is kept")
     assert reasons[3].endswith("record 4: missing key 'questionId'")
 
 

@@ -131,7 +131,8 @@ def test_eval_score_build_trace_export_plot(
 
     for fmt in ("csv", "jsonl"):
         exported = Path(_invoke("export", str(trace_run), "--format", fmt).strip())
-        assert exported == trace_run / f"results.{fmt}" and exported.is_file()
+        name = "results.export.jsonl" if fmt == "jsonl" else f"results.{fmt}"
+        assert exported == trace_run / name and exported.is_file()
     with (trace_run / "results.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(results)

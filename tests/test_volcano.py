@@ -206,7 +206,7 @@ def test_run_writes_skips_and_resumes(
     monkeypatch.setattr(volcano_module, "volcano_instance", must_not_run)
     run_volcano(llava, source, run_dir, max_new_tokens=MAX_NEW_TOKENS, instance_idx=[0, 4], timeout=5)
     assert read_log(run_dir) == log
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match="other settings"):
         run_volcano(llava, source, run_dir, max_new_tokens=MAX_NEW_TOKENS + 1)
 
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,9 @@ from typing import Any
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from vistrace import runs
 from vistrace.capture import StageCapture
-from vistrace.images import resolve_image, to_rgb
+from vistrace.images import decode, open_image, resolve_image, to_rgb
 
 ATTENTION_FILE = "attention.safetensors"
 IMAGE_FILE = "image.png"
@@ -88,7 +88,7 @@ class Instance:
 
 
 def _records(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
     if stripped.startswith("["):
         data = json.loads(text)
@@ -101,15 +101,33 @@ def _records(path: Path) -> list[Any]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+                records.append(_BadLine(f"{path}: line {number}: not valid JSON ({error.msg})"))
     return records
+
+
+@dataclass(frozen=True)
+class _BadLine:
+    """A JSONL line that could not be parsed, kept in its place so the run can skip it by index."""
+
+    problem: str
 
 
 def parse_instance(record: Any, index: int, source: Path | None = None) -> Instance:
     """An `Instance` from one input object; `InstanceError` saying which key is missing or wrong."""
+    if isinstance(record, _BadLine):
+        raise InstanceError(record.problem, index)
     if not isinstance(record, Mapping):
         raise InstanceError(f"record {index}: expected an object, got {type(record).__name__}", index)
-    missing = [key for key in _REQUIRED if record.get(key) in (None, "")]
+    wrong = [
+        key
+        for key in ("image_src", "question", "gold_answer", "gt_answer")
+        if record.get(key) is not None and not isinstance(record[key], str)
+    ]
+    if not isinstance(record.get("image_id", ""), str | int) or isinstance(record.get("image_id"), bool):
+        wrong.insert(0, "image_id")
+    if wrong:
+        raise InstanceError(f"record {index}: {', '.join(wrong)} must be text", index)
+    missing = [key for key in _REQUIRED if record.get(key) is None or str(record[key]).strip() == ""]
     if missing:
         keys = ", ".join(map(str, record))
         raise InstanceError(f"record {index}: missing {', '.join(missing)} (keys: {keys})", index)
@@ -153,7 +171,9 @@ def load_image(
             request = urllib.request.Request(src, headers={"User-Agent": "vistrace"})
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 data = response.read()
-            image = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return decode(Image.open(io.BytesIO(data)))
         else:
             path = Path(src).expanduser()
             if instance.source is not None:
@@ -164,9 +184,7 @@ def load_image(
                 raise InstanceError(
                     f"image {src!r} of {instance.image_id!r}: no such file ({path})", instance.index
                 )
-            image = Image.open(path)
-        image.load()
-        return to_rgb(image)
+            return open_image(path)
     except InstanceError:
         raise
     except Exception as error:
@@ -174,22 +192,9 @@ def load_image(
         raise InstanceError(f"image {src!r} of {instance.image_id!r}: {reason}", instance.index) from error
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented UTF-8 JSON, atomically."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)
-    _write_atomic(path, lambda temporary: temporary.write_text(text + "\n", encoding="utf-8"))
+    """Write `data` as indented UTF-8 JSON, atomically (:func:`vistrace.runs.write_json`)."""
+    runs.write_json(path, data, indent=2)
 
 
 def save_instance(
@@ -203,9 +208,9 @@ def save_instance(
     if image is not None:
         preview = to_rgb(image)
         preview.thumbnail((IMAGE_MAX_SIDE, IMAGE_MAX_SIDE))
-        _write_atomic(instance_dir / IMAGE_FILE, lambda temporary: preview.save(temporary, format="PNG"))
+        runs.write_atomic(instance_dir / IMAGE_FILE, lambda temporary: preview.save(temporary, format="PNG"))
     tensors = {f"{name}{TENSOR_SUFFIX}": stage.image_attention.contiguous() for name, stage in stages.items()}
-    _write_atomic(instance_dir / ATTENTION_FILE, lambda temporary: save_file(tensors, str(temporary)))
+    runs.write_atomic(instance_dir / ATTENTION_FILE, lambda temporary: save_file(tensors, str(temporary)))
     payload = {
         "format": FORMAT,
         **record,

@@ -8,6 +8,7 @@ features to pixels.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from vistrace.loading import LoadedModel
 
 Conversation = Sequence[Mapping[str, Any]]
 PromptLike = str | Conversation
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,24 @@ def _generation_kwargs(max_new_tokens: int, sample: bool, temperature: float) ->
     return {"do_sample": False, "max_new_tokens": max_new_tokens}
 
 
+def _fitting(max_new_tokens: int, inputs: Mapping[str, torch.Tensor], loaded: LoadedModel) -> int:
+    """`max_new_tokens` clipped so that prompt + answer stays inside the model's context (logged)."""
+    context = _context_length(loaded.model)
+    if context is None:
+        return max_new_tokens
+    room = context - int(inputs["input_ids"].shape[1])
+    if max_new_tokens > room:
+        logger.warning(
+            "max_new_tokens %d clipped to %d: the prompt leaves %d of the model's %d positions",
+            max_new_tokens,
+            room,
+            room,
+            context,
+        )
+        return room
+    return max_new_tokens
+
+
 def generate_text(
     loaded: LoadedModel,
     image: Image.Image,
@@ -198,7 +219,8 @@ def generate_text(
     encoded = _encode(loaded, image, prompt)
     inputs = _to_model(encoded.inputs, loaded)
     with torch.no_grad():
-        sequences = loaded.model.generate(**inputs, **_generation_kwargs(max_new_tokens, sample, temperature))
+        new_tokens = _fitting(max_new_tokens, inputs, loaded)
+        sequences = loaded.model.generate(**inputs, **_generation_kwargs(new_tokens, sample, temperature))
     output_ids = sequences[0, inputs["input_ids"].shape[1] :]
     return str(loaded.processor.tokenizer.decode(output_ids, skip_special_tokens=True)).strip()
 
@@ -227,8 +249,9 @@ def capture(
     image_keys = None if encoded.image_keys is None else encoded.image_keys[None]
     recorder = CaptureRecorder(layers=frozenset(layers), image_keys=image_keys)
     plan = Plan(cross_layers=adapter.cross_layers(model), capture=recorder)
+    new_tokens = _fitting(max_new_tokens, inputs, loaded)
     with torch.no_grad(), traced(model, plan):
-        sequences = model.generate(**inputs, **_generation_kwargs(max_new_tokens, sample, temperature))
+        sequences = model.generate(**inputs, **_generation_kwargs(new_tokens, sample, temperature))
     prompt_len = inputs["input_ids"].shape[1]
     output_ids = tuple(int(i) for i in sequences[0, prompt_len:].tolist())
     recorded = recorder.stacked()[:, 0]

@@ -93,6 +93,17 @@ def main_options(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _integers(text: str, option: str) -> list[int]:
+    """Comma-separated integers; ValueError naming `option` for anything else."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(int(part.strip()))
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: {part.strip()!r} is not an integer") from None
+    return values
+
+
 def _load(
     model: str,
     dtype: str = "float32",
@@ -170,16 +181,22 @@ def trace(
     limit: Annotated[int | None, typer.Option(help="Only the first N samples.")] = None,
 ) -> None:
     """Knockout sweep: block each pathway in sliding windows of k layers and score the answer."""
+    from vistrace.runs import ensure_folder
+    from vistrace.trace import check_trace_options
     from vistrace.trace import trace as run_trace
 
-    if mode not in ("strict", "paper"):
-        raise typer.BadParameter("mode must be strict or paper")
+    pathway_names = [p.strip() for p in pathways.split(",") if p.strip()]
+    ks = _integers(k, "--k")
+    check_trace_options(pathway_names, ks, mode=mode, strategy=strategy, temperature=temperature, limit=limit)
+    if not data.is_file():
+        raise ValueError(f"--data {data}: no such file")
+    ensure_folder(out)
     summary = run_trace(
         _load(model, dtype, device, device_map, vision_tower),
         data,
         out,
-        pathways=[p.strip() for p in pathways.split(",") if p.strip()],
-        ks=[int(v) for v in k.split(",")],
+        pathways=pathway_names,
+        ks=ks,
         mode=cast(Any, mode),
         strategy=strategy,
         temperature=temperature,
@@ -196,12 +213,18 @@ def trace(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A trace run directory.")],
     format: Annotated[str, typer.Option("--format", help="jsonl, csv or parquet.")] = "csv",
-    out: Annotated[Path | None, typer.Option(help="Output file (default: RUN_DIR/results.<format>).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output file (default: RUN_DIR/results.<format>; jsonl: RUN_DIR/results.export.jsonl)."
+        ),
+    ] = None,
 ) -> None:
     """Export trace results: one row per (id, pathway, k, mode) with p_full and per-layer probs."""
     from vistrace.trace import export_results
 
-    typer.echo(export_results(run_dir, out or run_dir / f"results.{format}", format))
+    default = run_dir / ("results.export.jsonl" if format == "jsonl" else f"results.{format}")
+    typer.echo(export_results(run_dir, out or default, format))
 
 
 @plot_app.command("flow")
@@ -249,9 +272,15 @@ def attend(
     images: ImagesOption = None,
 ) -> None:
     """Generate (answer, feedback, revision) and record every token's attention to the image."""
+    from vistrace.runs import ensure_folder
     from vistrace.volcano import run_volcano
 
-    indices = [int(v) for v in instance_idx.split(",")] if instance_idx else None
+    indices = _integers(instance_idx, "--instance-idx") if instance_idx else None
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
+    if not input.is_file():
+        raise ValueError(f"--input {input}: no such file")
+    ensure_folder(out)
     log_path = run_volcano(
         _load(model, dtype, device, device_map, vision_tower),
         input,
@@ -290,10 +319,19 @@ def eval_command(
 ) -> None:
     """Run the model over a dataset with the paper's prompts; predictions with their token ids."""
     from vistrace.datasets import read_dataset
-    from vistrace.evaluate import evaluate
+    from vistrace.evaluate import DATASETS, evaluate
+    from vistrace.runs import ensure_folder
 
     if annotations is None:
         raise typer.BadParameter("--annotations is required (the dataset file)")
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    for name, value, least in (("--batch-size", batch_size, 1), ("--max-new-tokens", max_new_tokens, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{name} {value}: must be at least {least}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit {limit}: must be 0 or more")
+    ensure_folder(out)
     read = read_dataset(dataset, annotations, questions=questions, images=images, split=split)
     for skipped in read.skipped:
         logging.getLogger("vistrace.eval").warning("skipped %s", skipped.reason)
@@ -307,6 +345,7 @@ def eval_command(
         seed=seed,
         limit=limit,
         unreadable=read.skipped,
+        source=annotations,
     )
     typer.echo(
         f"{summary.generated} generated, {summary.resumed} resumed, {summary.skipped} skipped -> {out}"

@@ -38,6 +38,7 @@ from vistrace.datasets import (
 )
 from vistrace.loading import LoadedModel
 from vistrace.roles import Prompt, render_prompt
+from vistrace.runs import ConfigMismatchError, open_run, read_jsonl, repair_tail
 
 __all__ = ["ConfigMismatchError", "EvalSummary", "build_prompt", "evaluate", "read_jsonl", "run_config"]
 
@@ -50,10 +51,6 @@ PAPER_DATASETS: tuple[str, ...] = ("vqav2", "visual7w", "docvqa")
 GENERIC_DATASETS: tuple[str, ...] = ("jsonl", "json", "hf", "mmhal")
 DATASETS: tuple[str, ...] = PAPER_DATASETS + GENERIC_DATASETS
 GENERIC_MAX_NEW_TOKENS = 512
-
-
-class ConfigMismatchError(ValueError):
-    """The run folder holds results made with other settings."""
 
 
 @dataclass(frozen=True)
@@ -133,61 +130,6 @@ def run_config(
             "vistrace": __version__,
         },
     }
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file, one per non-blank line; [] when the file does not exist.
-
-    A last line without its newline that is not valid JSON (a write cut short) is ignored; any
-    other invalid line raises ValueError naming the file and line.
-    """
-    file = Path(path)
-    if not file.is_file():
-        return []
-    text = file.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise ValueError(f"{file}: line {number} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise ValueError(f"{file}: line {number} is not a JSON object")
-        records.append(record)
-    return records
-
-
-def _repair_tail(path: Path) -> None:
-    """Cut a last line left incomplete by an interrupted write, so that appends start on a new line."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        logger.warning("%s: dropping an incomplete last line (%d bytes)", path, len(data) - keep)
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
-
-
-def _check_config(path: Path, config: dict[str, Any]) -> None:
-    """Write ``config`` to ``path``, or check that the one already there is the same."""
-    if not path.is_file():
-        path.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-        return
-    saved = json.loads(path.read_text(encoding="utf-8"))
-    if saved == config:
-        return
-    keys = sorted(set(saved) | set(config))
-    diffs = [f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in keys if saved.get(k) != config.get(k)]
-    raise ConfigMismatchError(
-        f"{path.parent}: the results there were made with other settings ({'; '.join(diffs)}); "
-        "use a new output folder or the same settings"
-    )
 
 
 def _one_line(text: str) -> str:
@@ -383,6 +325,7 @@ def evaluate(
     seed: int = 42,
     limit: int | None = None,
     unreadable: Iterable[Skipped] = (),
+    source: str | Path | None = None,
 ) -> EvalSummary:
     """Answer ``examples`` (the first ``limit`` of them) with greedy generation into ``out_dir``.
 
@@ -395,6 +338,8 @@ def evaluate(
     ``skipped.jsonl`` with a reason and a logged warning; the run goes on. ``unreadable``: the
     records the reader skipped (``ReadResult.skipped``), written to ``skipped.jsonl`` and counted
     as skipped so that the file and the summary account for every record of the dataset.
+    ``source``: the dataset file, recorded in ``config.json`` so that a resume on another file is
+    refused. The folder is locked while the run writes (:func:`vistrace.runs.open_run`).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
@@ -403,18 +348,35 @@ def evaluate(
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS.get(dataset, GENERIC_MAX_NEW_TOKENS)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config_file, predictions, skipped_file = out / CONFIG_FILE, out / PREDICTIONS_FILE, out / SKIPPED_FILE
+    if limit is not None and limit < 0:
+        raise ValueError(f"--limit {limit}: must be 0 or more")
     config = run_config(loaded, dataset=dataset, seed=seed, batch_size=batch_size, max_new_tokens=new_tokens)
-    _check_config(config_file, config)
-    _repair_tail(predictions)
+    if source is not None:
+        config["input"] = str(Path(source).resolve())
+    with open_run(out_dir, "eval", config) as out:
+        return _evaluate(loaded, examples, out, dataset, batch_size, new_tokens, seed, limit, unreadable)
+
+
+def _evaluate(
+    loaded: LoadedModel,
+    examples: Iterable[Example],
+    out: Path,
+    dataset: str,
+    batch_size: int,
+    new_tokens: int,
+    seed: int,
+    limit: int | None,
+    unreadable: Iterable[Skipped],
+) -> EvalSummary:
+    """The generation loop of :func:`evaluate` in the locked run folder `out`."""
+    config_file, predictions, skipped_file = out / CONFIG_FILE, out / PREDICTIONS_FILE, out / SKIPPED_FILE
+    repair_tail(predictions)
     finished = {str(record["id"]) for record in read_jsonl(predictions)}
 
     chosen = list(examples)
     if limit is not None:
         chosen = chosen[:limit]
-    resumed = sum(1 for example in chosen if example.id in finished)
+    resumed = len({example.id for example in chosen if example.id in finished})
     runner = _Runner(loaded, dataset, seed, new_tokens, out)
     tokenizer = runner.tokenizer
     side = tokenizer.padding_side
@@ -423,15 +385,15 @@ def evaluate(
     tokenizer.padding_side = "left"
     todo: list[Example] = []
     duplicates: list[dict[str, Any]] = []
-    seen = set(finished)
-    for example in chosen:
-        if example.id in finished:
-            continue
+    seen: dict[str, int] = {}
+    for position, example in enumerate(chosen, start=1):
         if example.id in seen:
-            duplicates.append(_skip_record(example, "duplicate id, first occurrence kept"))
+            reason = f"duplicate id, examples {seen[example.id]} and {position} of the dataset"
+            duplicates.append(_skip_record(example, reason))
             continue
-        seen.add(example.id)
-        todo.append(example)
+        seen[example.id] = position
+        if example.id not in finished:
+            todo.append(example)
     try:
         with (
             predictions.open("a", encoding="utf-8") as pred_handle,

@@ -1,10 +1,15 @@
-"""Images as every command reads them: where a relative path points, and how transparency is flattened.
+"""Images as every command reads them: where a relative path points, how a file is decoded and how
+transparency is flattened.
 
-Two rules, one place:
+Three rules, one place:
 
 - **Paths.** A relative image path in a data file (a dataset file, a trace JSONL, an attend input)
   is resolved against ``images_dir`` when one is given (``--images``), else against the folder of
   the data file itself; absolute paths are used as they are. The current directory never matters.
+- **Decoding** (:func:`open_image`, as transformers' ``load_image`` decodes): the EXIF orientation
+  is applied, so a photo taken sideways is seen upright; 16-bit grey images (PNG mode ``I;16``/``I``)
+  are scaled to 8 bits instead of saturating to white; an image larger than PIL's decompression-bomb
+  limit, a missing, empty or corrupt file is an :class:`ImageError` naming the file.
 - **Transparency.** An image with an alpha channel (RGBA, LA, PA …) or a palette / grey image with a
   transparent colour is composited onto an opaque :data:`BACKGROUND` (white) before anything else
   sees it, as the HF image processors' ``convert_rgb`` does; a bare ``convert("RGB")`` would drop the
@@ -13,11 +18,17 @@ Two rules, one place:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["BACKGROUND", "image_base", "resolve_image", "to_rgb"]
+__all__ = ["BACKGROUND", "ImageError", "image_base", "open_image", "resolve_image", "to_rgb"]
+
+
+class ImageError(ValueError):
+    """An image cannot be read; the message names the file and says why."""
+
 
 BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 """The colour transparent pixels are composited onto (RGB, 0..255): white, as in transformers'
@@ -61,3 +72,48 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
     rgba = image.convert("RGBA")
     canvas = Image.new("RGBA", rgba.size, (*background, 255))
     return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit integer grey image as 8-bit grey, scaled by 1/256 (``I;16``: 0 … 65535)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        scaled = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L")
+    if image.mode == "F":
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(np.round(values * (255.0 if values.max(initial=0) <= 1 else 1.0)), 0, 255)
+        return Image.fromarray(scaled.astype(np.uint8), mode="L")
+    return image
+
+
+def decode(image: Image.Image) -> Image.Image:
+    """An opened image as 8-bit RGB: EXIF orientation applied, 16-bit grey scaled, transparency
+    flattened (:func:`to_rgb`)."""
+    image.load()
+    upright = ImageOps.exif_transpose(image) or image
+    return to_rgb(_to_8bit(upright))
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """The image file at ``path`` decoded as :func:`decode` does; :class:`ImageError` when it cannot be."""
+    file = Path(path)
+    if not file.is_file():
+        raise ImageError(f"image not found: {file}")
+    if file.stat().st_size == 0:
+        raise ImageError(f"image unreadable: {file} (the file is empty)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                return decode(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"image too large: {file} ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ImageError(f"image unreadable: {file} ({reason})") from None

@@ -7,6 +7,7 @@ down in ``docs/metrics.md``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -17,8 +18,10 @@ __all__ = [
     "METRICS",
     "PUNCTUATION",
     "anls",
+    "exact_match",
     "levenshtein",
     "mc_accuracy",
+    "normalize_answer",
     "normalize_vqa_answer",
     "vqa_accuracy",
     "vqa_all_agree",
@@ -355,8 +358,29 @@ def mc_accuracy(prediction: str, answer: str, *, rule: Literal["official", "pape
     raise ValueError(f"unknown Visual7W rule {rule!r}; expected 'official' or 'paper'")
 
 
+def normalize_answer(text: str) -> str:
+    """A free-form answer as compared by :func:`exact_match`: Unicode NFKC, case-folded, every
+    character that is not a letter or digit of any script removed (``"Blue!"`` -> ``"blue"``,
+    ``"蓝色。"`` -> ``"蓝色"``)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if ch.isalnum())
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    """1.0 when the two answers are equal after :func:`normalize_answer`, else 0.0.
+
+    Letters and digits of every script count, so distinct non-ASCII answers never match; when an
+    answer has no letter or digit at all (``"?"``, ``"…"``), the stripped, case-folded texts are
+    compared instead; an empty prediction matches only an empty answer."""
+    left, right = normalize_answer(prediction), normalize_answer(answer)
+    if left or right:
+        return float(left == right)
+    return float(prediction.strip().casefold() == answer.strip().casefold())
+
+
 METRICS: dict[str, Callable[..., float]] = {
     "vqa_accuracy": vqa_accuracy,
     "anls": anls,
     "mc_accuracy": mc_accuracy,
+    "exact_match": exact_match,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -16,9 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vistrace.evaluate import CONFIG_FILE, PREDICTIONS_FILE, SKIPPED_FILE, read_jsonl
-from vistrace.metrics import anls, mc_accuracy, vqa_accuracy, vqa_all_agree
+from vistrace.evaluate import PREDICTIONS_FILE, SKIPPED_FILE
+from vistrace.metrics import anls, exact_match, mc_accuracy, vqa_accuracy, vqa_all_agree
 from vistrace.paper_rules import PAPER_DATASETS, paper_docvqa_kept, paper_visual7w_kept, paper_vqa_kept
+from vistrace.runs import check_writable_target, iter_jsonl, read_config, read_jsonl, write_atomic, write_json
 
 __all__ = [
     "PAPER_CATEGORY_ORDER",
@@ -34,6 +36,8 @@ __all__ = [
     "score_run",
     "summary_path",
 ]
+
+logger = logging.getLogger(__name__)
 
 VqaRule = Literal["official", "always_normalize"]
 McRule = Literal["paper", "official"]
@@ -64,14 +68,15 @@ def score_record(
 
     VQAv2: :func:`~vistrace.metrics.vqa_accuracy`; DocVQA: :func:`~vistrace.metrics.anls`;
     Visual7W: :func:`~vistrace.metrics.mc_accuracy` against the correct answer (``answers[0]``);
-    other datasets: ``exact_match``, the best ``mc_accuracy`` over the reference answers.
+    other datasets: ``exact_match``, the best :func:`~vistrace.metrics.exact_match` over the
+    reference answers (letters and digits of every script compared, case-folded).
     """
     if vqa_rule not in ("official", "always_normalize"):
         raise ValueError(f"unknown VQA rule {vqa_rule!r}; expected 'official' or 'always_normalize'")
     answers = [str(a) for a in record.get("answers") or ()]
-    if not answers:
+    if not answers or not isinstance(record.get("prediction"), str):
         return None
-    prediction = str(record.get("prediction", ""))
+    prediction = str(record["prediction"])
     metric = metric_name(str(record.get("dataset", "")))
     if metric == "vqa_accuracy":
         return vqa_accuracy(prediction, answers, always_normalize=vqa_rule == "always_normalize")
@@ -79,7 +84,7 @@ def score_record(
         return anls(prediction, answers, threshold=anls_threshold)
     if metric == "mc_accuracy":
         return mc_accuracy(prediction, answers[0], rule=mc_rule)
-    return max(mc_accuracy(prediction, answer, rule=mc_rule) for answer in answers)
+    return max(exact_match(prediction, answer) for answer in answers)
 
 
 def is_correct(
@@ -159,15 +164,54 @@ def _id_key(value: Any) -> tuple[int, int, str]:
     return (0, int(text), "") if text.isdigit() else (1, 0, text)
 
 
+def record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a prediction record cannot be scored or traced (wrong or missing field), or None.
+
+    Types are checked, never coerced: ``id`` text or integer, ``prediction`` text, ``answers`` a
+    list of text, ``generated_ids`` a list of non-negative integers, ``category`` text."""
+    record_id = record.get("id")
+    if record_id is None or isinstance(record_id, bool) or not isinstance(record_id, str | int):
+        return "no `id` (text or integer)"
+    if not isinstance(record.get("prediction"), str):
+        return "no `prediction` text" if "prediction" not in record else "`prediction` is not text"
+    answers = record.get("answers")
+    if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+        return "`answers` is not a list of text"
+    ids = record.get("generated_ids")
+    if ids is not None and not (
+        isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+    ):
+        return "`generated_ids` is not a list of non-negative integers"
+    if record.get("category") is not None and not isinstance(record["category"], str):
+        return "`category` is not text"
+    categories = record.get("categories")
+    if categories is not None and not (
+        isinstance(categories, list) and all(isinstance(c, str) for c in categories)
+    ):
+        return "`categories` is not a list of text"
+    return None
+
+
 def _load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The prediction records (one per id, the last kept) and the run's config."""
+    """The prediction records (one per id, the first kept) and the run's config.
+
+    A line that is not a JSON object, or a record with a missing or mistyped field
+    (:func:`record_problem`), is skipped with a warning naming the file, line and id."""
     predictions = run_dir / PREDICTIONS_FILE
     if not predictions.is_file():
         raise FileNotFoundError(f"{run_dir}: no {PREDICTIONS_FILE}; run the evaluation first")
-    by_id = {str(record["id"]): record for record in read_jsonl(predictions)}
-    config_file = run_dir / CONFIG_FILE
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    return list(by_id.values()), config
+    by_id: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
+    for number, record in iter_jsonl(predictions):
+        problem = record_problem(record)
+        if problem is None and str(record["id"]) in first_line:
+            problem = f"duplicate id, also on line {first_line[str(record['id'])]}; the first is kept"
+        if problem is not None:
+            logger.warning("%s: line %d (id %s) skipped: %s", predictions, number, record.get("id"), problem)
+            continue
+        by_id[str(record["id"])] = record
+        first_line[str(record["id"])] = number
+    return list(by_id.values()), read_config(run_dir)
 
 
 def _run_dataset(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> str:
@@ -270,7 +314,7 @@ def score_run(
     table = ScoreTable(
         run, dataset, metric, settings, overall, categories, unscored, len(read_jsonl(run / SKIPPED_FILE))
     )
-    (run / "scores.json").write_text(json.dumps(table.to_dict(), indent=1) + "\n", encoding="utf-8")
+    write_json(run / "scores.json", table.to_dict())
     with (run / "scores.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["metric", "category", "count", "score"])
@@ -419,6 +463,8 @@ def build_analysis_set(
     if mc_rule not in ("paper", "official"):
         raise ValueError(f"unknown Visual7W rule {mc_rule!r}; expected 'paper' or 'official'")
     run = Path(run_dir)
+    out = check_writable_target(out_file)
+    check_writable_target(summary_path(out))
     records, config = _load_run(run)
     dataset = _run_dataset(records, config)
     paper = _parse_rule(correct_rule, dataset) == "paper"
@@ -455,11 +501,8 @@ def build_analysis_set(
     n_correct = len({str(r["id"]) for rows in correct.values() for r in rows})
     overall = _count("overall", n_correct, len(records), kept_all)
 
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for record in kept_all:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept_all)
+    write_atomic(out, lambda temporary: temporary.write_text(text, encoding="utf-8"))
     summary = BuildSummary(
         out_file=out,
         summary_file=summary_path(out),
@@ -473,5 +516,5 @@ def build_analysis_set(
         overall=overall,
         categories=tuple(counts),
     )
-    summary.summary_file.write_text(json.dumps(summary.to_dict(), indent=1) + "\n", encoding="utf-8")
+    write_json(summary.summary_file, summary.to_dict())
     return summary

@@ -34,6 +34,8 @@ from vistrace.attend_io import (
 from vistrace.capture import PromptTooLongError, StageCapture, capture, generate_text
 from vistrace.demo.volcano_data import DECISION_PROMPT, FEEDBACK_PROMPT, REVISION_PROMPT
 from vistrace.loading import LoadedModel
+from vistrace.runs import open_run
+from vistrace.trace import special_token_problem
 
 logger = logging.getLogger(__name__)
 
@@ -253,11 +255,13 @@ def run_volcano(
     `seed + index`, so a resumed run draws what an uninterrupted one would. A relative
     `image_src` is resolved against `images_dir`, else the input file's folder.
     """
-    run_dir = Path(out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
     records = read_instances(instances) if isinstance(instances, str | Path) else list(instances)
     config = {
         "model": str(loaded.path),
+        "dtype": str(getattr(loaded.model, "dtype", "")).removeprefix("torch."),
+        "input": str(Path(instances).resolve()) if isinstance(instances, str | Path) else None,
         "volcano": volcano,
         "engineered": engineered,
         "sample": sample,
@@ -266,6 +270,38 @@ def run_volcano(
         "max_rounds": MAX_ROUNDS if volcano else 0,
         "seed": seed,
     }
+    with open_run(out_dir, "attend", config) as run_dir:
+        return _run_instances(
+            loaded,
+            records,
+            run_dir,
+            config,
+            volcano,
+            engineered,
+            sample,
+            max_new_tokens,
+            instance_idx,
+            seed,
+            timeout,
+            images_dir,
+        )
+
+
+def _run_instances(
+    loaded: LoadedModel,
+    records: list[Instance | InstanceError],
+    run_dir: Path,
+    config: dict[str, Any],
+    volcano: bool,
+    engineered: bool,
+    sample: bool,
+    max_new_tokens: int,
+    instance_idx: Iterable[int] | None,
+    seed: int,
+    timeout: float,
+    images_dir: str | Path | None,
+) -> Path:
+    """Run the selected instances into the locked `run_dir`; the path of `log.json`."""
     log = _open_log(run_dir, config)
     wanted = None if instance_idx is None else {int(i) for i in instance_idx}
     selected = [
@@ -284,6 +320,9 @@ def run_volcano(
             log.add(index, finished["log"])
             continue
         try:
+            problem = special_token_problem(loaded, record.question)
+            if problem:
+                raise InstanceError(f"instance {index} ({record.image_id}): {problem}", index)
             image = load_image(record, timeout=timeout, images_dir=images_dir)
             if sample:
                 torch.manual_seed(seed + index)

@@ -33,7 +33,7 @@ class Collector:
         self.source = str(source)
         self.examples: list[Example] = []
         self.skipped: list[Skipped] = []
-        self._seen: set[str] = set()
+        self._seen: dict[str, str] = {}
 
     def skip(self, where: str, record_id: str | None, problem: str) -> None:
         """Record a skipped record with a one-line reason naming the file, position and id."""
@@ -41,11 +41,11 @@ class Collector:
         self.skipped.append(Skipped(record_id, self.source, f"{self.source}: {label}: {problem}"))
 
     def add(self, where: str, example: Example) -> None:
-        """Keep an example, or skip it when its id was already seen in this call."""
+        """Keep an example, or skip it, naming both places, when its id was already seen in this call."""
         if example.id in self._seen:
-            self.skip(where, example.id, "duplicate id, first occurrence kept")
+            self.skip(where, example.id, f"duplicate id, also at {self._seen[example.id]}; the first is kept")
             return
-        self._seen.add(example.id)
+        self._seen[example.id] = where
         self.examples.append(example)
 
     def result(self) -> ReadResult:
@@ -57,7 +57,7 @@ def load_json(path: str | Path) -> Any:
     """The parsed content of a JSON file; DatasetError when it is missing or not valid JSON."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -87,7 +87,7 @@ def load_records(path: str | Path, records_key: str | None = None) -> list[tuple
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from vistrace.images import to_rgb
+from vistrace.images import decode
 
 __all__ = ["DatasetError", "Example", "ReadResult", "Skipped", "load_image", "resolve_image_path"]
 
@@ -153,9 +154,16 @@ def load_image(example: Example, images_dir: str | Path | None = None) -> Image.
     else:
         raise DatasetError(f"{path}: image not found for example {example.id}")
     try:
-        with Image.open(source) as image:
-            image.load()
-            return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                return decode(image)
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(f"{where}: cannot decode image for example {example.id} ({detail})") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vistrace.store import read_records
+from vistrace.trace import read_results
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def flow_curves(run_dir: Path, options: FlowOptions) -> dict[tuple[Any, ...], di
     categories (``categories``, e.g. DocVQA question types) is counted in each."""
     groups: dict[tuple[Any, ...], dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     meta: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for record in read_records(run_dir / "results.jsonl"):
+    for record in read_results(run_dir):
         if options.min_p_full is not None and record["p_full"] < options.min_p_full:
             continue
         if record["p_full"] <= 0:
@@ -64,6 +65,8 @@ def plot_flow(
 ) -> list[Path]:
     """Draw one curve plot and one stage-bar chart per (dataset, category, mode, k); PNG, PDF and CSV."""
     options = options or FlowOptions()
+    if options.stages < 1:
+        raise ValueError(f"--stages {options.stages}: must be at least 1")
     run = Path(run_dir)
     target = Path(out_dir) if out_dir is not None else run / "figures"
     target.mkdir(parents=True, exist_ok=True)
@@ -74,8 +77,9 @@ def plot_flow(
             f"{run}: no result passes the filters (min p_full {options.min_p_full}); "
             "lower it with --min-p-full 0 to see every sample"
         )
+    stems = _file_stems(list(curves))
     for (dataset, category, mode, k), data in sorted(curves.items(), key=lambda kv: str(kv[0])):
-        stem = f"flow_{dataset}_{category}_{mode}_k{k}".replace("/", "-").replace(" ", "_")
+        stem = stems[(dataset, category, mode, k)]
         layers = np.arange(data["n_layers"])
         fig, ax = plt.subplots(figsize=(7, 3.6))
         for pathway, curve in sorted(data["curves"].items()):
@@ -106,6 +110,23 @@ def plot_flow(
         written.append(target / f"{stem}.csv")
         written.extend(_stage_bars(target, stem, data, options.stages))
     return written
+
+
+def _file_stems(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
+    """A distinct file-name stem per (dataset, category, mode, k): unsafe characters become `-`, and
+    names that would then collide (categories differing only in punctuation) get `-2`, `-3` …"""
+    stems: dict[tuple[Any, ...], str] = {}
+    used: set[str] = set()
+    for key in sorted(keys, key=str):
+        dataset, category, mode, k = key
+        base = re.sub(r"[^\w.-]+", "-", f"flow_{dataset}_{category}_{mode}_k{k}", flags=re.ASCII)
+        stem, n = base, 1
+        while stem.lower() in used:
+            n += 1
+            stem = f"{base}-{n}"
+        used.add(stem.lower())
+        stems[key] = stem
+    return stems
 
 
 def _stage_bars(target: Path, stem: str, data: dict[str, Any], n_stages: int) -> list[Path]:
