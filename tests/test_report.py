@@ -79,7 +79,7 @@ def runs(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def report(runs: dict[str, Path]) -> Path:
-    path = write_report(list(runs.values()), runs["trace"].parent / "out" / "report.html")
+    path = write_report(list(runs.values()), runs["trace"].parent / "out" / "report.html", layer_groups=2)
     print(f"report: {path} ({path.stat().st_size / 1e3:.1f} kB)")
     return path
 
@@ -171,6 +171,7 @@ def test_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     assert result["tokens"] > 0 and len(result["overlays"]) == 2  # llava, mllama
     for overlay in result["overlays"]:
         assert overlay["before"] == 0 and overlay["after"] > 0 and overlay["selected"] == 1
+        assert overlay["group"] > 0  # the map of the first layer group is drawn
     assert any(overlay["changed"] for overlay in result["overlays"])
     assert result["flow_lines_unfiltered"] == 2  # one line per pathway (tiny models: p_full < 0.5)
     shot = tmp_path / "report.png"  # the page after the self-test clicked its first token
@@ -191,3 +192,20 @@ def test_fewer_poolings_make_a_smaller_file(runs: dict[str, Path], report: Path,
         write_report([runs["attend_mllama"]], tmp_path / "bad.html", pools=["median"])
     with pytest.raises(ValueError, match="not a vistrace run folder"):
         write_report([tmp_path], tmp_path / "none.html")
+
+
+def test_layer_groups(runs: dict[str, Path], tmp_path: Path) -> None:
+    folder = runs["attend_llava"]
+    page = write_report([folder], tmp_path / "groups.html", pools=["top_k_mean"], layer_groups=2)
+    run = _data(page.read_text(encoding="utf-8"))["runs"][0]
+    instance = run["instances"][0]
+    stages = load_stages(next(folder.glob(f"{instance['index']}_*")))
+    stage, data = stages["initial"], instance["stages"]["initial"]
+    half = round(len(stage.layers) / 2)
+    labels = [f"{stage.layers[0]}-{stage.layers[half - 1]}", f"{stage.layers[half]}-{stage.layers[-1]}"]
+    assert len(stage.layers) >= 2 and list(data["groups"]) == labels
+    for label, part in zip(labels, (slice(0, half), slice(half, None)), strict=True):
+        expected = pool_tokens(stage.image_attention[:, part], "top_k_mean", run["top_k"]).numpy()
+        packed = data["groups"][label]["top_k_mean"]
+        step = np.asarray(packed["scale"])[:, None] / 255.0
+        assert np.all(np.abs(dequantize_rows(packed) - expected) <= step / 2 + 1e-5 * step + 1e-9)

@@ -63,6 +63,7 @@ def write_report(
     *,
     title: str = "vistrace report",
     pools: Sequence[str] = POOLS,
+    layer_groups: int = 0,
 ) -> Path:
     """Write ONE self-contained HTML file at `out` showing every run folder of `runs`; return `out`.
 
@@ -71,7 +72,9 @@ def write_report(
     `top_k_mean`, `mean` and `max` head poolings, quantised to uint8) and the Figure 5 averages;
     `trace` runs show the flow curves with the paper's filter and clipping as toggles and a sample
     table; `eval` runs show the score per category under the dataset's metric and the mistakes.
-    `pools` chooses the head poolings stored for attention runs (fewer make a smaller file); `title`
+    `pools` chooses the head poolings stored for attention runs (fewer make a smaller file);
+    `layer_groups` ≥ 2 adds maps over that many runs of consecutive layers, for the page's layer
+    control (each group costs as much as the all-layer maps); `title`
     heads the page. Raises ValueError for a folder that is no run or an unknown pooling; the parent
     folder of `out` is created.
     """
@@ -81,7 +84,7 @@ def write_report(
     for run in runs:
         folder = Path(run)
         kind = detect_kind(folder)
-        section = attend_section(folder, pools) if kind == "attend" else _SECTIONS[kind](folder)
+        section = attend_section(folder, pools, layer_groups) if kind == "attend" else _SECTIONS[kind](folder)
         sections.append({"name": folder.name or str(folder), "path": str(folder.resolve()), **section})
     data = {
         "title": title,

@@ -3,6 +3,7 @@ text and tokens, per-token pooled maps (quantised), and the Figure 5 average map
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -33,9 +34,26 @@ def stage_pieces(stage: StageCapture) -> list[str]:
     return [strip_mark(token) for token in stage.output_tokens]
 
 
-def token_pool_maps(stage: StageCapture, pool: str, top_k: int = TOP_K) -> np.ndarray:
-    """(T, N) per-token maps of `stage` under the head pooling `pool` (EOS kept)."""
-    return pool_tokens(stage.image_attention, pool, top_k).numpy()
+def token_pool_maps(
+    stage: StageCapture, pool: str, top_k: int = TOP_K, layers: slice | None = None
+) -> np.ndarray:
+    """(T, N) per-token maps of `stage` under the head pooling `pool` (EOS kept), over the captured
+    layers `layers` (positions on the 2nd axis of `image_attention`; all when None)."""
+    attention = stage.image_attention if layers is None else stage.image_attention[:, layers]
+    return pool_tokens(attention, pool, top_k).numpy()
+
+
+def layer_groups(layers: Sequence[int], groups: int) -> list[tuple[str, slice]]:
+    """`groups` runs of consecutive captured layers (fewer when there are fewer layers), each as
+    (label `first-last` in decoder layer numbers, positions); none when `groups` < 2."""
+    if groups < 2 or len(layers) < 2:
+        return []
+    bounds = np.linspace(0, len(layers), min(groups, len(layers)) + 1).round().astype(int)
+    return [
+        (f"{layers[lo]}-{layers[hi - 1]}", slice(int(lo), int(hi)))
+        for lo, hi in itertools.pairwise(bounds)
+        if hi > lo
+    ]
 
 
 class _Geometries:
@@ -55,7 +73,7 @@ class _Geometries:
         return self._index[key]
 
 
-def _stage(stage: StageCapture, geometry: int, pools: Sequence[str]) -> dict[str, Any]:
+def _stage(stage: StageCapture, geometry: int, pools: Sequence[str], groups: int) -> dict[str, Any]:
     scores = token_image_attention(stage.image_attention).numpy()
     return {
         "text": stage.text,
@@ -65,6 +83,10 @@ def _stage(stage: StageCapture, geometry: int, pools: Sequence[str]) -> dict[str
         "scores": [rounded(float(s)) for s in scores],
         "geometry": geometry,
         "maps": {pool: quantize_rows(token_pool_maps(stage, pool)) for pool in pools},
+        "groups": {
+            label: {pool: quantize_rows(token_pool_maps(stage, pool, layers=part)) for pool in pools}
+            for label, part in layer_groups(stage.layers, groups)
+        },
     }
 
 
@@ -115,9 +137,10 @@ def _figure5(
     }
 
 
-def attend_section(run: Path, pools: Sequence[str] = POOLS) -> dict[str, Any]:
+def attend_section(run: Path, pools: Sequence[str] = POOLS, layer_groups: int = 0) -> dict[str, Any]:
     """Everything the page shows of the attention run in `run` (see module docstring), with per-token
-    maps for each head pooling of `pools` (names of :data:`vistrace.pooling.LAYER_HEAD_POOLS`)."""
+    maps for each head pooling of `pools` (names of :data:`vistrace.pooling.LAYER_HEAD_POOLS`) over
+    all captured layers and, when `layer_groups` ≥ 2, over each of that many runs of layers."""
     if not pools:
         raise ValueError("give at least one head pooling, e.g. top_k_mean")
     data = read_log(run)
@@ -144,7 +167,7 @@ def attend_section(run: Path, pools: Sequence[str] = POOLS) -> dict[str, Any]:
                 "adopted_round": entry.get("adopted_round"),
                 "image": None if preview is None else image_data_uri(preview),
                 "stages": {
-                    name: _stage(stage, geometries.add(stage.geometry), pools)
+                    name: _stage(stage, geometries.add(stage.geometry), pools, layer_groups)
                     for name, stage in stages.items()
                 },
             }
@@ -160,4 +183,4 @@ def attend_section(run: Path, pools: Sequence[str] = POOLS) -> dict[str, Any]:
     }
 
 
-__all__ = ["POOLS", "TOP_K", "attend_section", "stage_pieces", "token_pool_maps"]
+__all__ = ["POOLS", "TOP_K", "attend_section", "layer_groups", "stage_pieces", "token_pool_maps"]

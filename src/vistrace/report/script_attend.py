@@ -44,7 +44,7 @@ VT.select = function (label, options, value, onchange) {
 };
 
 VT.attend = function (run, root) {
-  var state = {inst: 0, pool: run.pools[0], opacity: 0.6, stage: null, from: 0, to: -1, anchor: null};
+  var state = {inst: 0, pool: run.pools[0], layers: 'all', opacity: 0.6, stage: null, from: 0, to: -1, anchor: null};
   var controls = VT.el('div', {'class': 'controls'}), body = VT.el('div'), fig5 = VT.el('div');
   root.appendChild(controls); root.appendChild(body); root.appendChild(fig5);
   if (!run.instances.length) { body.appendChild(VT.el('p', null, 'No finished instance in this run.')); return; }
@@ -53,6 +53,14 @@ VT.attend = function (run, root) {
   }), '0', function (v) { state.inst = +v; state.stage = null; renderInstance(); }));
   controls.appendChild(VT.select('head pooling', run.pools.map(function (p) { return [p, p]; }), state.pool,
     function (v) { state.pool = v; draw(); drawFigure5(); }));
+  var firstStage = run.instances.length ? run.instances[0].stages[Object.keys(run.instances[0].stages)[0]] : null;
+  var groups = firstStage ? Object.keys(firstStage.groups || {}) : [];
+  if (groups.length) {
+    var layerControl = VT.select('layers', [['all', 'all']].concat(groups.map(function (g) { return [g, g]; })), 'all',
+      function (v) { state.layers = v; draw(); });
+    layerControl.querySelector('select').className = 'layers';
+    controls.appendChild(layerControl);
+  }
   var opacity = VT.el('input', {type: 'range', min: '0', max: '1', step: '0.05', value: String(state.opacity)});
   opacity.addEventListener('input', function () { state.opacity = +opacity.value; draw(); });
   var olabel = VT.el('label', null, 'opacity '); olabel.appendChild(opacity); controls.appendChild(olabel);
@@ -115,7 +123,8 @@ VT.attend = function (run, root) {
     }); });
     if (state.stage === null) { return; }
     var inst = run.instances[state.inst], st = inst.stages[state.stage], geo = run.geometries[st.geometry];
-    var packed = st.maps[state.pool], values = VT.decode(packed), n = packed.cols, mean = new Float32Array(n), top = 0;
+    var byGroup = state.layers !== 'all' && st.groups && st.groups[state.layers];
+    var packed = byGroup ? byGroup[state.pool] : st.maps[state.pool], values = VT.decode(packed), n = packed.cols, mean = new Float32Array(n), top = 0;
     for (var t = state.from; t <= state.to; t++) { for (var j = 0; j < n; j++) { mean[j] += values[t * n + j] / (state.to - state.from + 1); } }
     for (var m = 0; m < n; m++) { top = Math.max(top, mean[m]); }
     var off = document.createElement('canvas'); off.width = canvas.width; off.height = canvas.height;
@@ -128,7 +137,7 @@ VT.attend = function (run, root) {
     }
     ctx.globalAlpha = state.opacity; ctx.drawImage(off, 0, 0); ctx.globalAlpha = 1;
     var words = st.pieces.slice(state.from, state.to + 1).join('');
-    info.textContent = state.stage + ', tokens ' + state.from + '-' + state.to + ' "' + words + '" · ' + state.pool +
+    info.textContent = state.stage + ', tokens ' + state.from + '-' + state.to + ' "' + words + '" · ' + state.pool + ' · layers ' + (byGroup ? state.layers : 'all') +
       ' · max ' + top.toPrecision(3) + ' (colour scaled to this map)';
   }
   function drawFigure5() {

@@ -140,8 +140,11 @@ VT.selftest = function () {
     if (!canvas || !toks.length) { return null; }
     var before = painted(canvas); toks[0].click();
     var first = painted(canvas), selected = section.querySelectorAll('.tok.sel').length; toks[toks.length - 1].click();
-    var last = painted(canvas);
-    return {before: before[0], after: first[0], selected: selected, changed: first[1] !== last[1]};
+    var last = painted(canvas), group = null, layers = section.querySelector('select.layers');
+    if (layers && layers.options.length > 1) {
+      layers.value = layers.options[1].value; layers.dispatchEvent(new Event('change')); group = painted(canvas)[0];
+    }
+    return {before: before[0], after: first[0], selected: selected, changed: first[1] !== last[1], group: group};
   });
   var filter = document.querySelector('input.paper-filter');
   if (filter && filter.checked) { filter.click(); }
