@@ -349,3 +349,68 @@ def test_generation_is_clipped_to_the_context(tiny_models, caplog: pytest.LogCap
     assert _fitting(1024, inputs, loaded) == 3
     assert "clipped to 3" in caplog.text
     assert _fitting(2, inputs, loaded) == 2
+
+
+# ---- checkpoints: unknown type, no config, truncated weights ---------------------------------------
+
+
+def test_bad_checkpoints_are_one_line(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    data = _data(tmp_path / "data", [{"id": "a", **GOOD}])
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    text_only = tmp_path / "text_only"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    truncated = Path(shutil.copytree(tiny_dirs["llava"], tmp_path / "truncated"))
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4])
+    for model, expected in (
+        (unknown, "no adapter for model type 'bert'"),
+        (text_only, "no adapter for model type 'llama'"),
+        (empty, "no config.json"),
+        (truncated, "truncated or corrupt"),
+    ):
+        result = _invoke("trace", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "r"))
+        assert expected in _error_line(result)
+
+
+# ---- seeded properties: answer comparison, reader, torn-tail repair ---------------------------------
+
+
+def test_exact_match_properties() -> None:
+    import random
+
+    rng = random.Random(0)
+    alphabet = "abcXYZ09 .,!?-蓝红色é\u00a0"
+    for _ in range(500):
+        a = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        b = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        assert exact_match(a, a) == 1.0
+        assert exact_match(a, b) == exact_match(b, a)
+        if exact_match(a, b) == 1.0:
+            keep = [c for c in a.casefold() if c.isalnum()], [c for c in b.casefold() if c.isalnum()]
+            assert keep[0] == keep[1]
+
+
+def test_torn_tail_repair_properties(tmp_path: Path) -> None:
+    import random
+
+    from vistrace.store import JsonlStore
+
+    rng = random.Random(1)
+    for trial in range(30):
+        path = tmp_path / f"r{trial}.jsonl"
+        records = [{"id": str(i), "v": "é" * rng.randint(0, 3)} for i in range(rng.randint(1, 6))]
+        full = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        cut = rng.randint(0, len(full))
+        path.write_bytes(full[:cut])
+        store = JsonlStore(path, ("id",))
+        kept = read_jsonl(path)
+        assert kept == records[: len(kept)] and path.read_bytes() == full[: len(path.read_bytes())]
+        store.append(records)
+        assert read_jsonl(path) == records

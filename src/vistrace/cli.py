@@ -111,12 +111,21 @@ def _load(
     device_map: str | None = None,
     vision_tower: str | None = None,
 ) -> Any:
+    from safetensors import SafetensorError
+
     from vistrace.builtin import resolve_model_dir
     from vistrace.loading import load
 
-    return load(
-        resolve_model_dir(model), dtype=dtype, device=device, device_map=device_map, vision_tower=vision_tower
-    )
+    try:
+        return load(
+            resolve_model_dir(model),
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            vision_tower=vision_tower,
+        )
+    except SafetensorError as error:
+        raise ValueError(f"--model {model}: a weight file is truncated or corrupt ({error})") from error
 
 
 @app.command()
