@@ -114,10 +114,14 @@ def test_trace_resume_with_other_settings_or_into_another_run_is_refused(tiny_mo
     assert len(read_jsonl(run / "results.jsonl")) == 1
 
 
-def test_k_larger_than_the_model_is_refused(tiny_models, tmp_path: Path) -> None:
+def test_k_larger_than_the_model_is_refused(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     data = _data(tmp_path / "data", [{"id": "a", **GOOD}])
-    with pytest.raises(ValueError, match="larger than the model's"):
-        trace(tiny_models["llava"], data, tmp_path / "run", pathways=["image_to_last"], ks=[99])
+    model = str(tiny_dirs["llava"])
+    result = _invoke(
+        "trace", "--model", model, "--data", str(data), "--out", str(tmp_path / "r"), "--k", "99"
+    )
+    assert "larger than the model's" in _error_line(result)
+    assert not (tmp_path / "r" / "results.jsonl").exists()
 
 
 # ---- options checked before the model loads --------------------------------------------------------

@@ -200,8 +200,10 @@ def trace(
     if not data.is_file():
         raise ValueError(f"--data {data}: no such file")
     ensure_folder(out)
+    loaded = _load(model, dtype, device, device_map, vision_tower)
+    check_trace_options(pathway_names, ks, n_layers=loaded.adapter.num_layers(loaded.model))
     summary = run_trace(
-        _load(model, dtype, device, device_map, vision_tower),
+        loaded,
         data,
         out,
         pathways=pathway_names,

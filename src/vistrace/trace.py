@@ -163,7 +163,9 @@ def check_trace_options(
 ) -> list[Pathway]:
     """The parsed pathways; ValueError (one line naming the option) for settings that cannot work.
 
-    Checked before a model is loaded (`n_layers` None) and again once it is."""
+    The command line checks them before the model loads (`n_layers` None) and again with the
+    model's layer count; :func:`trace` itself accepts a window wider than the model (clipped at the
+    edges, :func:`vistrace.knockout.window_layers`)."""
     if mode not in ("strict", "paper"):
         raise ValueError(f"--mode {mode!r}: choose strict or paper")
     if strategy not in ("fast", "naive"):
@@ -215,11 +217,10 @@ def trace(
     The run folder (:func:`vistrace.runs.open_run`) records the model, dtype, mode, temperature and
     data file in `config.json`; a resume with other ones is refused, as is a second process."""
     data_path = Path(data_file)
-    check_trace_options(pathways, ks, mode=mode, strategy=strategy, temperature=temperature, limit=limit)
-    runner = KnockoutRunner(loaded, mode=mode, temperature=temperature)
     parsed = check_trace_options(
-        pathways, ks, mode=mode, strategy=strategy, temperature=temperature, n_layers=runner.n_layers
+        pathways, ks, mode=mode, strategy=strategy, temperature=temperature, limit=limit
     )
+    runner = KnockoutRunner(loaded, mode=mode, temperature=temperature)
     rows = _load_samples(data_path)[: limit if limit is not None else None]
     model_name = str(loaded.path)
     config = {
