@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from vistrace.attend_io import load_stages
 from vistrace.cli import app
 from vistrace.pooling import pool_tokens
 from vistrace.report import detect_kind, write_report
-from vistrace.report.encode import dequantize_rows, quantize_rows, script_json
+from vistrace.report.encode import dequantize_rows, image_data_uri, quantize_rows, script_json
 
 from .conftest import scene_image
 
@@ -100,6 +101,14 @@ def test_quantized_rows_round_trip() -> None:
     assert "<" not in script_json({"a": "</script><!--"}) and "\u2028" not in script_json("\u2028")
 
 
+def test_images_are_png_or_a_smaller_jpeg() -> None:
+    rows, cols = np.mgrid[0:200, 0:300]
+    noise = np.random.default_rng(0).normal(0, 12, (200, 300, 3))
+    photo = np.stack([cols * 0.8, rows * 1.2, (rows + cols) * 0.5], -1) + noise
+    assert image_data_uri(Image.fromarray(photo.clip(0, 255).astype("uint8"))).startswith("data:image/jpeg")
+    assert image_data_uri(scene_image(600, 400)).startswith("data:image/png")
+
+
 def test_kinds_are_detected(runs: dict[str, Path], tmp_path: Path) -> None:
     kinds = {name: detect_kind(path) for name, path in runs.items()}
     assert kinds == {"attend_llava": "attend", "attend_mllama": "attend", "trace": "trace", "eval": "eval"}
@@ -117,7 +126,7 @@ def test_one_self_contained_file_with_escaped_text(report: Path) -> None:
     assert [run["kind"] for run in data["runs"]] == ["attend", "attend", "trace", "eval"]
     first = data["runs"][0]["instances"][0]
     assert first["question"] == f"What is {INJECTION}?"
-    assert first["image"].startswith("data:image/png;base64,")
+    assert re.match(r"data:image/(png|jpeg);base64,", first["image"])
     trace = data["runs"][2]
     assert {r["pathway"] for r in trace["results"]} == {"image_to_last", "question_to_last"}
     assert trace["samples"][0]["question"] == f"What is {INJECTION}?"

@@ -149,6 +149,7 @@ VT.selftest = function () {
   var filter = document.querySelector('input.paper-filter');
   if (filter && filter.checked) { filter.click(); }
   out.flow_lines_unfiltered = document.querySelectorAll('.flow-line').length;
+  out.ready_ms = Math.round(VT.readyMs);
   out.errors = VT.errors;
   out.pwned = window.__pwned === undefined ? null : window.__pwned;
   document.body.appendChild(VT.el('pre', {id: 'selftest-result'}, JSON.stringify(out)));
@@ -164,6 +165,7 @@ VT.selftest = function () {
     app.appendChild(section);
     try { views[run.kind](run, section); } catch (e) { VT.errors.push(String(e)); section.appendChild(VT.el('p', {'class': 'error'}, String(e))); }
   });
+  VT.readyMs = performance.now();
   if (location.hash.indexOf('selftest') >= 0) { VT.selftest(); }
 })();
 """  # noqa: E501 (one line of script per statement reads best)
