@@ -130,6 +130,7 @@ def test_one_self_contained_file_with_escaped_text(report: Path) -> None:
     trace = data["runs"][2]
     assert {r["pathway"] for r in trace["results"]} == {"image_to_last", "question_to_last"}
     assert trace["samples"][0]["question"] == f"What is {INJECTION}?"
+    assert all(s["image"].startswith("data:image/png;base64,") for s in trace["samples"])
     evaluation = data["runs"][3]
     assert evaluation["metric"] == "exact_match" and evaluation["scores"][0]["category"] == "overall"
     assert all(m["answers"] == [INJECTION] for m in evaluation["mistakes"])
@@ -182,6 +183,7 @@ def test_in_headless_chromium(report: Path, tmp_path: Path) -> None:
         assert overlay["before"] == 0 and overlay["after"] > 0 and overlay["selected"] == 1
         assert overlay["group"] > 0  # the map of the first layer group is drawn
     assert any(overlay["changed"] for overlay in result["overlays"])
+    assert result["sample_lines"] == 2 and result["sample_image"]  # a row shows its curves and image
     assert result["flow_lines_unfiltered"] == 2  # one line per pathway (tiny models: p_full < 0.5)
     shot = tmp_path / "report.png"  # the page after the self-test clicked its first token
     _chromium(profile, "--window-size=1200,2400", f"--screenshot={shot}", report.as_uri() + "#selftest")

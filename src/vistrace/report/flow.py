@@ -8,13 +8,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vistrace.images import ImageError, open_image, resolve_image
 from vistrace.runs import CONFIG_FILE
 from vistrace.store import read_records
 
-from .encode import rounded
+from .encode import image_data_uri, rounded
 
 MIN_P_FULL = 0.5
 """The paper's filter: samples whose unblocked answer probability is below it are left out."""
+MAX_IMAGES = 100
+"""The first this many samples carry their image (when the data file and the image are there)."""
+IMAGE_SIDE = 256
 
 
 def _read_config(run: Path) -> dict[str, Any]:
@@ -42,6 +46,17 @@ def _data_samples(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 key = str(record["id"]) if record.get("id") is not None else f"line{number}"
                 samples.setdefault(key, record)
     return samples
+
+
+def _image(source: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """The sample's image as a data URI, resolved as the trace resolved it; None when it is gone."""
+    if not isinstance(source.get("image"), str) or not config.get("data"):
+        return None
+    try:
+        path = resolve_image(source["image"], str(config["data"]), config.get("images"))
+        return image_data_uri(open_image(path), IMAGE_SIDE)
+    except (ImageError, OSError, ValueError):
+        return None
 
 
 def _text(value: Any) -> str | None:
@@ -78,6 +93,7 @@ def trace_section(run: Path) -> dict[str, Any]:
                 "answer": _text(source.get("answer")),
                 "p_full": rounded(float(record["p_full"])),
                 "category": ", ".join(str(c) for c in categories),
+                "image": _image(source, config) if len(samples) < MAX_IMAGES else None,
             }
     return {
         "kind": "trace",
@@ -88,4 +104,4 @@ def trace_section(run: Path) -> dict[str, Any]:
     }
 
 
-__all__ = ["MIN_P_FULL", "trace_section"]
+__all__ = ["MAX_IMAGES", "MIN_P_FULL", "trace_section"]

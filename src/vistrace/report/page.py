@@ -30,7 +30,7 @@ h1 { font-size: 1.4em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2e
 .fig5 { display: flex; gap: 1em; } .fig5 canvas { width: 192px; height: 192px; image-rendering: pixelated; }
 figure { margin: 0; text-align: center; }
 table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ddd; padding: .2em .5em; }
-img.thumb { max-width: 120px; max-height: 120px; }
+img.thumb { max-width: 120px; max-height: 120px; } img.sample { max-width: 256px; }
 tr.clickable { cursor: pointer; } tr.sel { background: #e7f0ff; } .error { color: #b00; }
 """
 

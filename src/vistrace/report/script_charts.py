@@ -36,7 +36,8 @@ VT.trace = function (run, root) {
   var groups = Object.keys(keys).sort();
   state.group = groups[0];
   var controls = VT.el('div', {'class': 'controls'}), chart = VT.el('div', {'class': 'chart'}), readout = VT.el('p', {'class': 'info'});
-  root.appendChild(controls); root.appendChild(chart); root.appendChild(readout);
+  var picture = VT.el('div', {'class': 'sample-image'});
+  root.appendChild(controls); root.appendChild(chart); root.appendChild(readout); root.appendChild(picture);
   if (!groups.length) { chart.appendChild(VT.el('p', null, 'No knockout result in this run.')); return; }
   controls.appendChild(VT.select('dataset · category · mode · k', groups.map(function (g) {
     var p = JSON.parse(g); return [g, p[0] + ' · ' + p[1] + ' · ' + p[2] + ' · k=' + p[3]];
@@ -109,7 +110,11 @@ VT.trace = function (run, root) {
   root.appendChild(VT.table(['id', 'question', 'answer', 'p_full', 'category'], run.samples.map(function (s) {
     return [s.id, s.question, s.answer, s.p_full, s.category];
   }), function (i, tr) {
-    var id = run.samples[i].id; state.sample = state.sample === id ? null : id;
+    var sample = run.samples[i], id = sample.id; state.sample = state.sample === id ? null : id;
+    picture.textContent = '';
+    if (state.sample !== null && sample.image) {
+      var img = VT.el('img', {alt: 'image of sample ' + id, 'class': 'sample'}); img.src = sample.image; picture.appendChild(img);
+    }
     Array.prototype.forEach.call(tr.parentNode.children, function (row) { row.classList.remove('sel'); });
     if (state.sample !== null) { tr.classList.add('sel'); }
     draw();
@@ -149,6 +154,8 @@ VT.selftest = function () {
   var filter = document.querySelector('input.paper-filter');
   if (filter && filter.checked) { filter.click(); }
   out.flow_lines_unfiltered = document.querySelectorAll('.flow-line').length;
+  var row = document.querySelector('section.run-trace tr.clickable');
+  if (row) { row.click(); out.sample_lines = document.querySelectorAll('.flow-line').length; out.sample_image = !!document.querySelector('img.sample'); }
   out.ready_ms = Math.round(VT.readyMs);
   out.errors = VT.errors;
   out.pwned = window.__pwned === undefined ? null : window.__pwned;
