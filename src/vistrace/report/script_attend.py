@@ -9,6 +9,8 @@ SCRIPT_ATTEND = r"""
 'use strict';
 var VT = {errors: []};
 window.addEventListener('error', function (e) { VT.errors.push(String(e.message)); });
+// Anything the page tried to load or run against its Content-Security-Policy is an error too.
+document.addEventListener('securitypolicyviolation', function (e) { VT.errors.push('blocked ' + e.violatedDirective + ' ' + e.blockedURI); });
 VT.el = function (tag, attrs, text) {
   var node = document.createElement(tag);
   if (attrs) { for (var key in attrs) { node.setAttribute(key, attrs[key]); } }
