@@ -1,0 +1,213 @@
+"""Idefics3 and SmolVLM (`idefics3`, `smolvlm`): inline image features between frame tokens.
+
+Read in transformers 5.24 (`processing_idefics3.py`, `image_processing_pil_idefics3.py`,
+`modeling_idefics3.py`; SmolVLM's modules are generated from the same code).
+
+Prompt
+    The chat template writes one `<image>` per image. The processor replaces it by the image's
+    frames (`Idefics3Processor.replace_image_token`): for a split image, for each row r and column c
+    `<fake_token_around_image><row_r_col_c>` + `image_seq_len` × `<image>`, a `\\n` after each row,
+    then `\\n<fake_token_around_image><global-img>` + `image_seq_len` × `<image>` +
+    `<fake_token_around_image>`; an unsplit image is only the global part. The model scatters one
+    feature onto each `<image>` position (`inputs_merger`), so the image keys are those positions;
+    the frame tokens (`<fake_token_around_image>`, `<row_r_col_c>`, `<global-img>`, the newlines) are
+    template. Because the processor's expansion is more than a run of image tokens, `prepare` resolves
+    roles on the expanded text the processor tokenised (`return_text_replacement_offsets`).
+
+Frames and geometry
+    The image processor resizes the long side to `size["longest_edge"]` (aspect kept, even rounding),
+    then `resize_for_vision_encoder` stretches each side up to a multiple of
+    `M = max_image_size["longest_edge"]`, and `split_images` cuts that canvas into rows × cols
+    M × M squares (row-major) and appends the whole image resized to M × M (the global image).
+    When the canvas is a single square (or `do_image_splitting` is off) only the global image is
+    kept and rows = cols = 0. The canvas covers the whole original image, stretched per axis, so
+    square (r, c) is [c·W/cols, (c+1)·W/cols] × [r·H/rows, (r+1)·H/rows] of the original W × H.
+    rows and cols are read from the image processor's own output (`return_row_col_info`).
+
+Features per square
+    The vision tower cuts a square into (M / patch)² patches; the connector's `pixel_shuffle` with
+    `scale_factor` s gathers s × s patch blocks into one feature, row-major over the
+    (M / patch / s)² grid (feature j at row j // n, column j % n, n = M / patch / s), so a square
+    gives `image_seq_len` = n² features. Features follow the frames' order: squares row-major, then
+    the global image.
+
+Language model
+    The decoder is built from `text_config` (Llama in the released Idefics3 and SmolVLM models):
+    1-D positions, causal attention, logits `lm_head(norm(h))`. The processor's other inputs
+    (`pixel_values` (1, frames, 3, M, M), `pixel_attention_mask` (1, frames, M, M)) are per image,
+    not per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid, PreparedPrompt
+from vistrace.roles import Prompt, render_prompt, resolve_roles
+
+
+def expanded_prompt(prompt: Prompt, replacements: Sequence[Mapping[str, Any]]) -> Prompt:
+    """`prompt` with the processor's replacements applied (its `text_replacement_offsets` entries of
+    one sample: original `span` and `replacement` string), the question span shifted to match."""
+    pieces: list[str] = []
+    cursor = 0
+    q_start, q_end = prompt.question_span
+    shift = 0
+    for item in sorted(replacements, key=lambda r: int(r["span"][0])):
+        start, end = (int(v) for v in item["span"])
+        replacement = str(item["replacement"])
+        pieces.append(prompt.text[cursor:start])
+        pieces.append(replacement)
+        cursor = end
+        if end <= q_start:
+            shift += len(replacement) - (end - start)
+        elif start < q_end:
+            raise ValueError("an image placeholder lies inside the question; cannot locate the question")
+    pieces.append(prompt.text[cursor:])
+    return Prompt("".join(pieces), (q_start + shift, q_end + shift), prompt.add_special_tokens)
+
+
+def split_grid(image_processor: Any, image_size: tuple[int, int]) -> tuple[int, int, int]:
+    """(rows, cols, square side M in px) the image processor gives an image of `image_size`
+    (width, height): its own resize / split run on a blank image of that size (rows = cols = 0 when
+    only the global image is kept)."""
+    width, height = image_size
+    blank = Image.new("RGB", (width, height))
+    out = image_processor(
+        images=[[blank]],
+        return_row_col_info=True,
+        do_rescale=False,
+        do_normalize=False,
+        do_pad=False,
+    )
+    rows, cols = int(out["rows"][0][0]), int(out["cols"][0][0])
+    frames = out["pixel_values"][0]
+    side = int(image_processor.max_image_size["longest_edge"])
+    shapes = {tuple(np.asarray(f).shape[-2:]) for f in frames}
+    if shapes != {(side, side)} or len(frames) != (rows * cols + 1 if rows else 1):
+        raise ValueError(
+            f"Idefics3 geometry: the image processor gave {len(frames)} frames of {sorted(shapes)} for "
+            f"{rows}×{cols} squares of {side} px"
+        )
+    return rows, cols, side
+
+
+def frame_geometry(
+    rows: int, cols: int, side: int, patch_size: int, scale_factor: int, image_size: tuple[int, int]
+) -> Geometry:
+    """Geometry of one image split into `rows` × `cols` squares of `side` px plus the global image.
+
+    Each frame has n × n features (n = side / patch_size / scale_factor), row-major; boxes (N, 4) are
+    in original-image pixels of `image_size` (width, height): squares first (row-major), then the
+    global image, which covers the whole image."""
+    if side % (patch_size * scale_factor):
+        raise ValueError(f"square {side} px is not divisible by patch {patch_size} × scale {scale_factor}")
+    n = side // (patch_size * scale_factor)
+    width, height = image_size
+    frames: list[tuple[float, float, float, float]] = []
+    if rows:
+        tile_w, tile_h = width / cols, height / rows
+        frames = [
+            (c * tile_w, r * tile_h, (c + 1) * tile_w, (r + 1) * tile_h)
+            for r in range(rows)
+            for c in range(cols)
+        ]
+    frames.append((0.0, 0.0, float(width), float(height)))
+    i, j = np.divmod(np.arange(n * n), n)
+    boxes = []
+    grids = []
+    for index, (x0, y0, x1, y1) in enumerate(frames):
+        cell_w, cell_h = (x1 - x0) / n, (y1 - y0) / n
+        boxes.append(
+            np.stack([x0 + j * cell_w, y0 + i * cell_h, x0 + (j + 1) * cell_w, y0 + (i + 1) * cell_h], 1)
+        )
+        grids.append(Grid(index * n * n, n, n, (x0, y0, x1, y1)))
+    all_boxes = np.minimum(np.concatenate(boxes).astype(float), [width, height, width, height])
+    patch_kind: FeatureKind = "patch"
+    return Geometry(all_boxes, (patch_kind,) * len(all_boxes), tuple(grids), (width, height))
+
+
+class Idefics3Adapter(Adapter):
+    """Idefics3: (rows·cols + 1) · image_seq_len inline `<image>` positions framed by template tokens."""
+
+    model_type = "idefics3"
+    family = "inline"
+
+    def num_layers(self, model: Any) -> int:
+        return int(model.config.text_config.num_hidden_layers)
+
+    def cross_layers(self, model: Any) -> frozenset[int]:
+        return frozenset()
+
+    def image_token_id(self, model: Any) -> int:
+        return int(model.config.image_token_id)
+
+    def _image_rows_and_keys(
+        self, inputs: dict[str, torch.Tensor], image_token: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = inputs["input_ids"][0]
+        keys = torch.nonzero(ids == image_token).flatten()
+        return torch.ones(ids.shape[0], dtype=torch.bool), keys
+
+    def prepare(self, model: Any, processor: Any, image: Image.Image, question: str) -> PreparedPrompt:
+        """As `Adapter.prepare`, with roles resolved on the text the processor tokenised: its frame
+        tokens (`<fake_token_around_image>`, `<row_r_col_c>`, `<global-img>`, newlines) are template,
+        each `<image>` position an image key. `prompt` stays the chat-template text (one `<image>`)."""
+        image = self.prepare_image(processor, image)
+        prompt = render_prompt(processor, question)
+        outputs = processor(
+            images=image,
+            text=prompt.text,
+            add_special_tokens=prompt.add_special_tokens,
+            return_tensors="pt",
+            return_text_replacement_offsets=True,
+        )
+        replacements = outputs["text_replacement_offsets"][0]
+        inputs = {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+        ids = inputs["input_ids"][0]
+        image_token = self.image_token_id(model)
+        roles = resolve_roles(
+            processor.tokenizer,
+            expanded_prompt(prompt, replacements),
+            ids.tolist(),
+            image_token,
+            inline_image=True,
+        )
+        image_rows, image_keys = self._image_rows_and_keys(inputs, image_token)
+        return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+
+    def geometry(self, model: Any, processor: Any, image_size: tuple[int, int]) -> Geometry:
+        """Geometry of one image of `image_size` (width, height): rows × cols squares and the global
+        image from the image processor's own resize and split, n × n features per frame from the
+        vision patch size and the connector's scale factor."""
+        rows, cols, side = split_grid(processor.image_processor, image_size)
+        patch = int(model.config.vision_config.patch_size)
+        vision_side = int(model.config.vision_config.image_size)
+        if vision_side != side:
+            raise ValueError(
+                f"Idefics3 geometry: squares of {side} px but the vision tower takes {vision_side} px"
+            )
+        return frame_geometry(rows, cols, side, patch, int(model.config.scale_factor), image_size)
+
+
+class SmolVLMAdapter(Idefics3Adapter):
+    """SmolVLM: Idefics3's frames, processor and connector (its processor adds videos, not handled)."""
+
+    model_type = "smolvlm"
+
+
+IDEFICS3_ADAPTERS: tuple[Idefics3Adapter, ...] = (Idefics3Adapter(), SmolVLMAdapter())
+
+__all__ = [
+    "IDEFICS3_ADAPTERS",
+    "Idefics3Adapter",
+    "SmolVLMAdapter",
+    "expanded_prompt",
+    "frame_geometry",
+    "split_grid",
+]
