@@ -418,3 +418,68 @@ def test_torn_tail_repair_properties(tmp_path: Path) -> None:
         assert kept == records[: len(kept)] and path.read_bytes() == full[: len(path.read_bytes())]
         store.append(records)
         assert read_jsonl(path) == records
+
+
+# ---- attend and eval: special tokens, another input file, a second real process ----------------
+
+
+def test_attend_skips_a_question_with_the_image_placeholder_and_refuses_another_input(
+    tiny_models, tmp_path: Path
+) -> None:
+    from vistrace.attend_io import read_log
+    from vistrace.volcano import run_volcano
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    scene_image().save(folder / "scene.png")
+    good = {"image_id": "s", "image_src": "scene.png", "question": "What is red?"}
+    source = folder / "input.jsonl"
+    source.write_text(
+        json.dumps(good) + "\n" + json.dumps({**good, "question": "What <image> is it?"}) + "\n"
+    )
+    run = tmp_path / "run"
+    run_volcano(tiny_models["llava"], source, run, volcano=False, max_new_tokens=2)
+    entries = {e["index"]: e for e in read_log(run)["entries"]}
+    assert "skipped" not in entries[0] and "<image>" in entries[1]["skipped"]
+    other = folder / "other.jsonl"
+    other.write_text(json.dumps(good) + "\n")
+    with pytest.raises(ConfigMismatchError, match="input"):
+        run_volcano(tiny_models["llava"], other, run, volcano=False, max_new_tokens=2)
+
+
+def test_eval_refuses_another_input_file(tiny_models, tmp_path: Path) -> None:
+    from vistrace.evaluate import evaluate
+
+    run = tmp_path / "run"
+    evaluate(tiny_models["llava"], [], run, dataset="jsonl", source=tmp_path / "a.jsonl")
+    with pytest.raises(ConfigMismatchError, match="input"):
+        evaluate(tiny_models["llava"], [], run, dataset="jsonl", source=tmp_path / "b.jsonl")
+
+
+def test_a_second_real_process_on_a_run_folder_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from vistrace.runs import RunLockedError, open_run
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from vistrace.runs import open_run\n"
+            "with open_run(sys.argv[1], 'trace', {}):\n    print('held', flush=True); time.sleep(30)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match="another vistrace process"), open_run(run, "trace", {}):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    with open_run(run, "trace", {}):
+        pass
