@@ -1,0 +1,185 @@
+"""LLaVA-NeXT (`llava_next`): anyres image features at inline positions of the decoder sequence.
+
+The processor expands the one `<image>` of the prompt into one token per image feature; the model
+scatters the packed features onto those positions in order, so the image keys are the `<image>`
+positions. Read in transformers 5.24 (`modeling_llava_next.py`, `processing_llava_next.py`,
+`image_processing_pil_llava_next.py`) and checked against `get_image_features` by the tests.
+
+Features, in sequence order (`LlavaNextModel.pack_image_features`)
+    1. The base image: the whole image resized (aspect not kept) to one `image_size` tile, then
+       `(image_size / patch)²` features row-major (the CLS is dropped: strategy "default").
+    2. The high-resolution grid: `select_best_resolution` picks a canvas (height, width) from
+       `image_grid_pinpoints`; the image is resized into it keeping its aspect
+       (`get_patch_output_size`), centred with zero padding (`_get_padding_size`) and cut into
+       `image_size` tiles. The tiles' features form one (canvas_h / patch) × (canvas_w / patch)
+       grid; `unpad_image` drops whole rows (or columns) of padding from both ends, by the original
+       size (height, width) the processor reports in `image_sizes`.
+    3. After each kept row of that grid, one learned `image_newline` feature.
+
+Newline features are image positions: they are keys that image pathways block and that capture
+records. They cover no region of the image: their boxes are NaN and their kind is "padding" (the
+feature kinds have no "newline" kind), so maps and pooling skip them. Features of the high-resolution
+grid that lie entirely over the padding are "padding" too; the others are "patch".
+
+`geometry().grids` holds the base grid only: the high-resolution grid is not one row-major block
+(a newline follows every row); its features carry their boxes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+from transformers.image_utils import ChannelDimension
+from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid
+
+Box = tuple[float, float, float, float]
+
+
+def anyres_canvas(image_processor: Any, image_size: tuple[int, int]) -> tuple[tuple[int, int], Box]:
+    """The anyres canvas (height, width) px the image processor picks for an image of `image_size`
+    (width, height), and where the resized image lies on it: (x0, y0, x1, y1) canvas px.
+
+    From the processor's own `select_best_resolution`, `get_patch_output_size` and
+    `_get_padding_size` (tuple pairs in the PIL variant, [left, top, right, bottom] in the
+    torchvision one)."""
+    width, height = image_size
+    pinpoints = [list(p) for p in image_processor.image_grid_pinpoints]
+    canvas_h, canvas_w = select_best_resolution((height, width), pinpoints)
+    new_h, new_w = get_patch_output_size(
+        np.zeros((1, height, width), dtype=np.uint8), (canvas_h, canvas_w), ChannelDimension.FIRST
+    )
+    padding = image_processor._get_padding_size((new_h, new_w), (canvas_h, canvas_w))
+    if isinstance(padding[0], (tuple, list)):
+        top, left = int(padding[0][0]), int(padding[1][0])
+    else:
+        left, top = int(padding[0]), int(padding[1])
+    return (int(canvas_h), int(canvas_w)), (float(left), float(top), float(left + new_w), float(top + new_h))
+
+
+def kept_grid_cells(rows: int, cols: int, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices (R', C') of the high-resolution feature grid (`rows` × `cols`) that
+    the model's own `unpad_image` keeps for an original image of `image_size` (width, height)."""
+    width, height = image_size
+    index = torch.arange(rows * cols).view(1, rows, cols)
+    kept = unpad_image(index, torch.tensor([height, width]))[0].numpy()
+    return kept // cols, kept % cols
+
+
+class LlavaNextAdapter(Adapter):
+    """LLaVA-NeXT: base tile + unpadded anyres grid + one newline per grid row, all inline."""
+
+    model_type = "llava_next"
+    family = "inline"
+
+    def structure_error(self, config: Any) -> str | None:
+        """The packing assumes the CLS is dropped (`vision_feature_select_strategy` "default")."""
+        strategy = getattr(config, "vision_feature_select_strategy", "default")
+        if strategy != "default":
+            return (
+                f"{self.model_type}: vision_feature_select_strategy {strategy!r} is not supported "
+                "(the anyres packing needs 'default', the CLS dropped)"
+            )
+        return None
+
+    def num_layers(self, model: Any) -> int:
+        return int(model.config.text_config.num_hidden_layers)
+
+    def cross_layers(self, model: Any) -> frozenset[int]:
+        return frozenset()
+
+    def image_token_id(self, model: Any) -> int:
+        return int(model.config.image_token_id)
+
+    def _image_rows_and_keys(
+        self, inputs: dict[str, torch.Tensor], image_token: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = inputs["input_ids"][0]
+        return torch.ones(ids.shape[0], dtype=torch.bool), torch.nonzero(ids == image_token).flatten()
+
+    def geometry(self, model: Any, processor: Any, image_size: tuple[int, int]) -> Geometry:
+        """Geometry of the features of one image of `image_size` (width, height), in sequence order:
+        base tile, then each kept row of the high-resolution grid followed by its newline (NaN box,
+        kind "padding"). Boxes (N, 4) are original-image px."""
+        width, height = image_size
+        image_processor = processor.image_processor
+        vision = model.config.vision_config
+        tile, patch = int(vision.image_size), int(vision.patch_size)
+        side = tile // patch
+        model_pinpoints = [list(p) for p in model.config.image_grid_pinpoints]
+        if model_pinpoints != [list(p) for p in image_processor.image_grid_pinpoints]:
+            raise ValueError(
+                f"{self.model_type} geometry: the image processor's image_grid_pinpoints differ from "
+                "the model's; features would not match the processor's tiles"
+            )
+        base_size, crop = _base_tile(image_processor)
+        if base_size != (tile, tile) or crop != (tile, tile):
+            raise ValueError(
+                f"{self.model_type} geometry: the image processor makes {base_size} tiles cropped to "
+                f"{crop}, the vision tower expects {tile}×{tile}"
+            )
+
+        boxes: list[Box | None] = []
+        kinds: list[FeatureKind] = []
+        for r in range(side):
+            for c in range(side):
+                boxes.append(
+                    (c * width / side, r * height / side, (c + 1) * width / side, (r + 1) * height / side)
+                )
+                kinds.append("patch")
+
+        (canvas_h, canvas_w), placed = anyres_canvas(image_processor, image_size)
+        scale_x = (placed[2] - placed[0]) / width
+        scale_y = (placed[3] - placed[1]) / height
+        rows, cols = (canvas_h // tile) * side, (canvas_w // tile) * side
+        kept_rows, kept_cols = kept_grid_cells(rows, cols, image_size)
+        for row_index in range(kept_rows.shape[0]):
+            for r, c in zip(kept_rows[row_index], kept_cols[row_index], strict=True):
+                x0 = max((c * patch - placed[0]) / scale_x, 0.0)
+                y0 = max((r * patch - placed[1]) / scale_y, 0.0)
+                x1 = min(((c + 1) * patch - placed[0]) / scale_x, float(width))
+                y1 = min(((r + 1) * patch - placed[1]) / scale_y, float(height))
+                inside = x1 > x0 and y1 > y0
+                boxes.append((x0, y0, x1, y1) if inside else None)
+                kinds.append("patch" if inside else "padding")
+            # The row's learned newline feature: an image position with no region (no "newline" kind).
+            boxes.append(None)
+            kinds.append("padding")
+
+        array = np.array([(np.nan,) * 4 if box is None else box for box in boxes], dtype=float)
+        base_grid = Grid(0, side, side, (0.0, 0.0, float(width), float(height)))
+        return Geometry(array, tuple(kinds), (base_grid,), (width, height))
+
+    def newline_features(self, model: Any, processor: Any, image_size: tuple[int, int]) -> np.ndarray:
+        """(R',) indices, among the image features of `image_size`, of the learned newline features."""
+        geometry = self.geometry(model, processor, image_size)
+        side = int(model.config.vision_config.image_size) // int(model.config.vision_config.patch_size)
+        (canvas_h, canvas_w), _ = anyres_canvas(processor.image_processor, image_size)
+        tile = int(model.config.vision_config.image_size)
+        kept_rows, _ = kept_grid_cells((canvas_h // tile) * side, (canvas_w // tile) * side, image_size)
+        row_length = kept_rows.shape[1] + 1
+        newlines = side * side + row_length * np.arange(1, kept_rows.shape[0] + 1) - 1
+        if newlines[-1] != geometry.num_features - 1:
+            raise ValueError(f"{self.model_type}: the newline features do not end the image features")
+        return newlines
+
+
+def _base_tile(image_processor: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(height, width) the base image is resized to, and the (height, width) of the crop."""
+    size = image_processor.size
+    if size.get("height") and size.get("width"):
+        base = (int(size["height"]), int(size["width"]))
+    else:
+        base = (int(size["shortest_edge"]), int(size["shortest_edge"]))
+    crop = base
+    if getattr(image_processor, "do_center_crop", False):
+        crop_size = image_processor.crop_size
+        crop = (int(crop_size["height"]), int(crop_size["width"]))
+    return base, crop
+
+
+__all__ = ["LlavaNextAdapter", "anyres_canvas", "kept_grid_cells"]

@@ -1,0 +1,137 @@
+"""Tiny offline LLaVA-NeXT checkpoints (`llava_next`): a CLIP tower, a Llama decoder, anyres tiling.
+
+The wiring is that of llava-v1.6-vicuna at a tiny width: features of the penultimate vision layer with
+the CLS dropped, a two-layer GELU projector, a learned `image_newline` vector, the image processor's
+`image_grid_pinpoints` scaled to the tiny tower (one tile = `image_size` px, `(image_size / patch)²`
+features), and the checkpoint's Vicuna chat template (`USER: <image>\\n… ASSISTANT:`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    PreTrainedTokenizerFast,
+)
+
+from vistrace.tokenizer_build import build_tokenizer
+
+# The chat template of llava-hf/llava-v1.6-vicuna-7b-hf (its chat_template.json).
+LLAVA_NEXT_VICUNA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
+    "{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
+    "{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def tiny_pinpoints(tile: int) -> list[list[int]]:
+    """Anyres canvases (height, width) in px of 1×1, 1×2, 2×1 and 2×2 tiles of `tile` px: the shape of
+    llava-v1.6's list (336 px tiles up to 672×672) at the tiny tower's tile size."""
+    return [[tile, tile], [tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+
+
+def llava_next_processor(
+    tokenizer: PreTrainedTokenizerFast, *, image_size: int, patch_size: int
+) -> LlavaNextProcessor:
+    """LLaVA-NeXT's processor at `image_size` px tiles: the base image resized to a square tile, the
+    anyres canvas from `image_grid_pinpoints`; the llava-v1.6-vicuna chat template."""
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=tiny_pinpoints(image_size),
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_NEXT_VICUNA_TEMPLATE,
+    )
+
+
+def write_tiny_llava_next(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    num_layers: int = 4,
+    image_size: int = 28,
+    patch_size: int = 14,
+    hidden_size: int = 32,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+) -> Path:
+    """Write a tiny `LlavaNextForConditionalGeneration` checkpoint into `out_dir` and return it.
+
+    One tile gives (image_size / patch_size)² features (4 by default); an image gives the base tile,
+    the unpadded anyres grid (up to 2×2 tiles) and one newline feature per grid row.
+    """
+    # Imported here: `vistrace.tiny` imports this module for its family dispatch.
+    from vistrace.tiny import _CORPUS, _randomize
+
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(_CORPUS, style="llama2", vocab_size=300, extra_special_tokens=["<image>"])
+    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=16,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=tiny_pinpoints(image_size),
+        image_seq_length=(image_size // patch_size) ** 2,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    _randomize(model, seed, std=0.2)
+    processor = llava_next_processor(tokenizer, image_size=image_size, patch_size=patch_size)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+__all__ = [
+    "LLAVA_NEXT_VICUNA_TEMPLATE",
+    "llava_next_processor",
+    "tiny_pinpoints",
+    "write_tiny_llava_next",
+]
