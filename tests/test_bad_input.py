@@ -277,6 +277,13 @@ def test_score_and_build_skip_bad_records_and_never_overwrite_predictions(tmp_pa
     assert (run / "predictions.jsonl").read_text() == before
     summary = build_analysis_set(run, tmp_path / "set.jsonl", correct_rule="score>0")
     assert summary.overall.kept == 1
+    no_image = {"id": "6", **base, "prediction": "red", "answers": ["red"]}
+    del no_image["image"]
+    with (run / "predictions.jsonl").open("a") as handle:
+        handle.write(json.dumps(no_image) + "\n")
+    again = build_analysis_set(run, tmp_path / "set2.jsonl", correct_rule="score>0")
+    assert again.overall.kept == 1
+    assert [r["id"] for r in read_jsonl(tmp_path / "set2.jsonl")] == ["1"]
 
 
 # ---- images: orientation, 16-bit, bombs, empty and corrupt files ----------------------------------

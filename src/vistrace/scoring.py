@@ -482,6 +482,15 @@ def build_analysis_set(
             totals[name] = totals.get(name, 0) + 1
             correct.setdefault(name, [])
         if is_correct(record, correct_rule, **rules):
+            missing = [key for key in ("image", "prompt") if not isinstance(record.get(key), str)]
+            if missing:
+                logger.warning(
+                    "%s: id %s left out of the analysis set: no %s text",
+                    run / PREDICTIONS_FILE,
+                    record["id"],
+                    " or ".join(f"`{key}`" for key in missing),
+                )
+                continue
             traced = _trace_record(record, score_record(record, **rules))
             for name in names:
                 correct[name].append(traced)
