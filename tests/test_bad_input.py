@@ -490,3 +490,19 @@ def test_a_second_real_process_on_a_run_folder_is_refused(tmp_path: Path) -> Non
     time.sleep(0.1)
     with open_run(run, "trace", {}):
         pass
+
+
+def test_eval_skips_a_question_with_the_image_placeholder(tiny_models, tmp_path: Path) -> None:
+    from vistrace.datasets import Example
+    from vistrace.evaluate import evaluate
+
+    scene_image().save(tmp_path / "scene.png")
+    examples = [
+        Example(id=str(i), image=tmp_path / "scene.png", question=q, answers=("red",), dataset="jsonl")
+        for i, q in enumerate(["What is red?", "What <image> is red?"])
+    ]
+    summary = evaluate(tiny_models["llava"], examples, tmp_path / "run", dataset="jsonl", max_new_tokens=2)
+    assert (summary.generated, summary.skipped) == (1, 1)
+    (skipped,) = read_jsonl(tmp_path / "run" / "skipped.jsonl")
+    assert skipped["id"] == "1" and "special token(s) <image>" in skipped["reason"]
+    assert [r["id"] for r in read_jsonl(tmp_path / "run" / "predictions.jsonl")] == ["0"]

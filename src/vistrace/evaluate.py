@@ -39,6 +39,7 @@ from vistrace.datasets import (
 from vistrace.loading import LoadedModel
 from vistrace.roles import Prompt, render_prompt
 from vistrace.runs import ConfigMismatchError, open_run, read_jsonl, repair_tail
+from vistrace.trace import special_token_problem
 
 __all__ = ["ConfigMismatchError", "EvalSummary", "build_prompt", "evaluate", "read_jsonl", "run_config"]
 
@@ -191,6 +192,9 @@ class _Runner:
         """The example's prompt and image; :class:`_Skip` when the example cannot be run."""
         if not example.question.strip():
             raise _Skip("empty question")
+        problem = special_token_problem(self.loaded, example.question)
+        if problem:
+            raise _Skip(problem.replace("the prompt", "the question", 1))
         try:
             user_text, options = build_prompt(example, self.dataset, self.seed)
         except ValueError as exc:
