@@ -506,3 +506,42 @@ def test_eval_skips_a_question_with_the_image_placeholder(tiny_models, tmp_path:
     (skipped,) = read_jsonl(tmp_path / "run" / "skipped.jsonl")
     assert skipped["id"] == "1" and "special token(s) <image>" in skipped["reason"]
     assert [r["id"] for r in read_jsonl(tmp_path / "run" / "predictions.jsonl")] == ["0"]
+
+
+# ---- interrupted runs: Ctrl-C and a full disk, then resume -----------------------------------------
+
+
+def test_interrupt_and_full_disk_then_resume_lose_and_duplicate_nothing(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import vistrace.knockout
+    import vistrace.store
+
+    data = _data(tmp_path / "data", [{"id": f"s{i}", **GOOD} for i in range(3)])
+    args = ["trace", "--model", str(tiny_dirs["llava"]), "--data", str(data), "--out", str(tmp_path / "r")]
+    args += ["--pathways", "image_to_last", "--k", "1"]
+    real_run = vistrace.knockout.KnockoutRunner.run
+    calls = {"n": 0}
+
+    def interrupted(self: Any, *a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(vistrace.knockout.KnockoutRunner, "run", interrupted)
+    assert _invoke(*args).exit_code != 0
+    assert [r["id"] for r in read_jsonl(tmp_path / "r" / "results.jsonl")] == ["s0"]
+    monkeypatch.setattr(vistrace.knockout.KnockoutRunner, "run", real_run)
+
+    def full(*a: Any, **k: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vistrace.store, "append_jsonl", full)
+    assert "No space left on device" in _error_line(_invoke(*args))
+    monkeypatch.undo()
+    result = _invoke(*args)
+    assert result.exit_code == 0 and "2 traced, 1 already done, 0 skipped" in result.stdout
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "r" / "results.jsonl")) == ["s0", "s1", "s2"]
