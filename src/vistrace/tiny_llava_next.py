@@ -18,9 +18,17 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipVisionConfig,
 )
 
+from vistrace.adapters.qwen2_vl import image_only_processor_class
+from vistrace.tiny_qwen import build_qwen_tokenizer
 from vistrace.tokenizer_build import build_tokenizer
 
 # The chat template of llava-hf/llava-v1.6-vicuna-7b-hf (its chat_template.json).
@@ -35,6 +43,28 @@ LLAVA_NEXT_VICUNA_TEMPLATE = (
     "{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
+
+# The chat template of llava-hf/llava-onevision-qwen2-*-ov-hf (written by transformers' conversion
+# script): ChatML, the image first in the user turn.
+LLAVA_ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}"
+    "{% endfor %}{# Render all video then #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}"
+    "{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}"
+    "{% endfor %}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}"
+    "{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def onevision_pinpoints(tile: int, max_tiles: int = 4) -> list[list[int]]:
+    """Anyres canvases (height, width) of a × b tiles of `tile` px, 1 ≤ a, b ≤ `max_tiles`: the shape
+    of OneVision's list (384 px tiles, 1…6 per side) at the tiny tower's tile size."""
+    return [[a * tile, b * tile] for a in range(1, max_tiles + 1) for b in range(1, max_tiles + 1)]
 
 
 def tiny_pinpoints(tile: int) -> list[list[int]]:
@@ -129,9 +159,105 @@ def write_tiny_llava_next(
     return out
 
 
+def llava_onevision_processor(
+    tokenizer: PreTrainedTokenizerFast, *, image_size: int, patch_size: int, max_tiles: int
+) -> LlavaOnevisionProcessor:
+    """OneVision's processor for images only (its video processor needs torchvision): square tiles
+    of `image_size` px, anyres_max_9 packing, the ChatML template. It saves as
+    `LlavaOnevisionProcessor`, so a machine with torchvision loads the full processor."""
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=onevision_pinpoints(image_size, max_tiles),
+    )
+    processor_class = image_only_processor_class(LlavaOnevisionProcessor)
+    processor: LlavaOnevisionProcessor = processor_class(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=LLAVA_ONEVISION_TEMPLATE,
+    )
+    return processor
+
+
+def write_tiny_llava_onevision(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    num_layers: int = 4,
+    image_size: int = 28,
+    patch_size: int = 14,
+    max_tiles: int = 4,
+    hidden_size: int = 32,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+) -> Path:
+    """Write a tiny `LlavaOnevisionForConditionalGeneration` checkpoint into `out_dir`: a SigLIP tower
+    (no CLS, strategy "full"), a Qwen2 decoder, canvases up to `max_tiles` × `max_tiles` tiles.
+
+    With 4 features per tile, anyres_max_9 shrinks an unpadded grid of more than 1.1² × 36 features
+    (a 4 × 4-tile canvas: 8 × 8) before the newlines are added.
+    """
+    from vistrace.tiny import _randomize
+
+    out = Path(out_dir)
+    tokenizer = build_qwen_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
+    video_token_id = int(tokenizer.convert_tokens_to_ids("<video>"))  # type: ignore[arg-type]
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        video_token_index=video_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=onevision_pinpoints(image_size, max_tiles),
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    _randomize(model, seed, std=0.2)
+    processor = llava_onevision_processor(
+        tokenizer, image_size=image_size, patch_size=patch_size, max_tiles=max_tiles
+    )
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 __all__ = [
     "LLAVA_NEXT_VICUNA_TEMPLATE",
+    "LLAVA_ONEVISION_TEMPLATE",
     "llava_next_processor",
+    "llava_onevision_processor",
+    "onevision_pinpoints",
     "tiny_pinpoints",
     "write_tiny_llava_next",
+    "write_tiny_llava_onevision",
 ]

@@ -1,4 +1,4 @@
-"""LLaVA-NeXT (`llava_next`): anyres image features at inline positions of the decoder sequence.
+"""LLaVA-NeXT and LLaVA-OneVision (`llava_next`, `llava_onevision`): inline anyres image features.
 
 The processor expands the one `<image>` of the prompt into one token per image feature; the model
 scatters the packed features onto those positions in order, so the image keys are the `<image>`
@@ -21,21 +21,39 @@ records. They cover no region of the image: their boxes are NaN and their kind i
 feature kinds have no "newline" kind), so maps and pooling skip them. Features of the high-resolution
 grid that lie entirely over the padding are "padding" too; the others are "patch".
 
+LLaVA-OneVision (`llava_onevision`) packs the same way (`LlavaOnevisionModel.pack_image_features`),
+then shrinks (bilinear) an unpadded grid of R' × C' cells to int(R' // r) × int(C' // r) when
+r = sqrt(R'·C' / (N · (image_size / patch)²)) > 1.1 for `vision_aspect_ratio` "anyres_max_N"; a shrunk
+feature gets the span of cells it is interpolated from. Its processor also holds a video processor,
+which needs torchvision: without it the processor loads for images only.
+
 `geometry().grids` holds the base grid only: the high-resolution grid is not one row-major block
 (a newline follows every row); its features carry their boxes.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import LlavaOnevisionProcessor
 from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
 from transformers.image_utils import ChannelDimension
 from transformers.models.llava_next.modeling_llava_next import unpad_image
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    unpad_image as onevision_unpad_image,
+)
+from transformers.utils import is_torchvision_available
 
 from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid
+from vistrace.adapters.qwen2_vl import image_only_processor_class
+
+logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
 
@@ -61,12 +79,18 @@ def anyres_canvas(image_processor: Any, image_size: tuple[int, int]) -> tuple[tu
     return (int(canvas_h), int(canvas_w)), (float(left), float(top), float(left + new_w), float(top + new_h))
 
 
-def kept_grid_cells(rows: int, cols: int, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def kept_grid_cells(
+    rows: int,
+    cols: int,
+    image_size: tuple[int, int],
+    unpad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = unpad_image,
+) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices (R', C') of the high-resolution feature grid (`rows` × `cols`) that
-    the model's own `unpad_image` keeps for an original image of `image_size` (width, height)."""
+    the model's own `unpad` (its modeling module's `unpad_image`) keeps for an original image of
+    `image_size` (width, height)."""
     width, height = image_size
     index = torch.arange(rows * cols).view(1, rows, cols)
-    kept = unpad_image(index, torch.tensor([height, width]))[0].numpy()
+    kept = unpad(index, torch.tensor([height, width]))[0].numpy()
     return kept // cols, kept % cols
 
 
@@ -75,6 +99,7 @@ class LlavaNextAdapter(Adapter):
 
     model_type = "llava_next"
     family = "inline"
+    _unpad = staticmethod(unpad_image)
 
     def structure_error(self, config: Any) -> str | None:
         """The packing assumes the CLS is dropped (`vision_feature_select_strategy` "default")."""
@@ -136,13 +161,12 @@ class LlavaNextAdapter(Adapter):
         scale_x = (placed[2] - placed[0]) / width
         scale_y = (placed[3] - placed[1]) / height
         rows, cols = (canvas_h // tile) * side, (canvas_w // tile) * side
-        kept_rows, kept_cols = kept_grid_cells(rows, cols, image_size)
-        for row_index in range(kept_rows.shape[0]):
-            for r, c in zip(kept_rows[row_index], kept_cols[row_index], strict=True):
-                x0 = max((c * patch - placed[0]) / scale_x, 0.0)
-                y0 = max((r * patch - placed[1]) / scale_y, 0.0)
-                x1 = min(((c + 1) * patch - placed[0]) / scale_x, float(width))
-                y1 = min(((r + 1) * patch - placed[1]) / scale_y, float(height))
+        for row in self.packed_rows(model, rows, cols, image_size):
+            for cx0, cy0, cx1, cy1 in row:
+                x0 = max((cx0 * patch - placed[0]) / scale_x, 0.0)
+                y0 = max((cy0 * patch - placed[1]) / scale_y, 0.0)
+                x1 = min((cx1 * patch - placed[0]) / scale_x, float(width))
+                y1 = min((cy1 * patch - placed[1]) / scale_y, float(height))
                 inside = x1 > x0 and y1 > y0
                 boxes.append((x0, y0, x1, y1) if inside else None)
                 kinds.append("patch" if inside else "padding")
@@ -154,18 +178,79 @@ class LlavaNextAdapter(Adapter):
         base_grid = Grid(0, side, side, (0.0, 0.0, float(width), float(height)))
         return Geometry(array, tuple(kinds), (base_grid,), (width, height))
 
+    def packed_rows(self, model: Any, rows: int, cols: int, image_size: tuple[int, int]) -> list[list[Box]]:
+        """The high-resolution features in sequence order, one list per packed row (each followed by
+        a newline feature): their cells (x0, y0, x1, y1) in feature-grid units of the `rows` × `cols`
+        grid, for an original image of `image_size` (width, height). LLaVA-NeXT: the cells that
+        `unpad_image` keeps."""
+        kept_rows, kept_cols = kept_grid_cells(rows, cols, image_size, self._unpad)
+        return [
+            [(float(c), float(r), float(c + 1), float(r + 1)) for r, c in zip(row_r, row_c, strict=True)]
+            for row_r, row_c in zip(kept_rows, kept_cols, strict=True)
+        ]
+
     def newline_features(self, model: Any, processor: Any, image_size: tuple[int, int]) -> np.ndarray:
         """(R',) indices, among the image features of `image_size`, of the learned newline features."""
-        geometry = self.geometry(model, processor, image_size)
-        side = int(model.config.vision_config.image_size) // int(model.config.vision_config.patch_size)
+        vision = model.config.vision_config
+        tile, side = int(vision.image_size), int(vision.image_size) // int(vision.patch_size)
         (canvas_h, canvas_w), _ = anyres_canvas(processor.image_processor, image_size)
-        tile = int(model.config.vision_config.image_size)
-        kept_rows, _ = kept_grid_cells((canvas_h // tile) * side, (canvas_w // tile) * side, image_size)
-        row_length = kept_rows.shape[1] + 1
-        newlines = side * side + row_length * np.arange(1, kept_rows.shape[0] + 1) - 1
-        if newlines[-1] != geometry.num_features - 1:
-            raise ValueError(f"{self.model_type}: the newline features do not end the image features")
-        return newlines
+        packed = self.packed_rows(model, (canvas_h // tile) * side, (canvas_w // tile) * side, image_size)
+        ends = np.cumsum([len(row) + 1 for row in packed])
+        return side * side + ends - 1
+
+
+class LlavaOnevisionAdapter(LlavaNextAdapter):
+    """LLaVA-OneVision: LLaVA-NeXT's packing, with the unpadded grid shrunk (bilinear) when it holds
+    more than `anyres_max_N` tiles' worth of features, and a processor with a video processor."""
+
+    model_type = "llava_onevision"
+    _unpad = staticmethod(onevision_unpad_image)
+
+    def structure_error(self, config: Any) -> str | None:
+        # Both strategies pack: "full" with SigLIP (no CLS), "default" with a CLS tower.
+        return None
+
+    def load_processor(self, path: str | Path) -> Any:
+        """`AutoProcessor` where torchvision is installed; else `LlavaOnevisionProcessor` for images
+        only (its video processor needs torchvision)."""
+        from transformers import AutoProcessor
+
+        if is_torchvision_available():
+            return AutoProcessor.from_pretrained(path)
+        logger.warning(
+            "torchvision is not installed: LlavaOnevisionProcessor loaded for images only "
+            "(video inputs need torchvision)"
+        )
+        return image_only_processor_class(LlavaOnevisionProcessor).from_pretrained(path)
+
+    def packed_rows(self, model: Any, rows: int, cols: int, image_size: tuple[int, int]) -> list[list[Box]]:
+        """As LLaVA-NeXT, then, as `LlavaOnevisionModel.pack_image_features` does when the kept
+        R' × C' cells exceed `max_num_patches` tiles by a ratio r > 1.1, the grid is resized
+        (bilinear) to int(R' // r) × int(C' // r): output cell (i, j) is given the span of kept cells
+        it is interpolated from, rows R'·i/h' … R'·(i+1)/h' (likewise columns)."""
+        kept = super().packed_rows(model, rows, cols, image_size)
+        vision = model.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        max_num_patches = int(str(model.config.vision_aspect_ratio).removeprefix("anyres_max_"))
+        kept_h, kept_w = len(kept), len(kept[0])
+        ratio = math.sqrt(kept_h * kept_w / (max_num_patches * side**2))
+        if ratio <= 1.1:
+            return kept
+        out_h, out_w = int(kept_h // ratio), int(kept_w // ratio)
+        x_start, y_start = kept[0][0][0], kept[0][0][1]
+        step_y, step_x = kept_h / out_h, kept_w / out_w
+        return [
+            [
+                (
+                    x_start + j * step_x,
+                    y_start + i * step_y,
+                    x_start + (j + 1) * step_x,
+                    y_start + (i + 1) * step_y,
+                )
+                for j in range(out_w)
+            ]
+            for i in range(out_h)
+        ]
 
 
 def _base_tile(image_processor: Any) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -182,4 +267,12 @@ def _base_tile(image_processor: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     return base, crop
 
 
-__all__ = ["LlavaNextAdapter", "anyres_canvas", "kept_grid_cells"]
+LLAVA_NEXT_ADAPTERS: tuple[LlavaNextAdapter, ...] = (LlavaNextAdapter(), LlavaOnevisionAdapter())
+
+__all__ = [
+    "LLAVA_NEXT_ADAPTERS",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
+    "anyres_canvas",
+    "kept_grid_cells",
+]
