@@ -80,6 +80,16 @@ def test_frame_tokens_are_template(loaded: LoadedModel) -> None:
     assert question.replace("Ġ", " ") == QUESTION
 
 
+def test_pixel_shuffle_keeps_features_row_major(loaded: LoadedModel) -> None:
+    # A 6 × 6 patch grid whose value is its patch index: feature (i, j) gathers patches (2i + a, 2j + b).
+    patches = torch.arange(36, dtype=torch.float32).reshape(1, 36, 1)
+    shuffled = loaded.model.model.connector.pixel_shuffle(patches, 2).reshape(9, -1)
+    for feature in range(9):
+        i, j = divmod(feature, 3)
+        expected = {(2 * i + a) * 6 + 2 * j + b for a in (0, 1) for b in (0, 1)}
+        assert set(shuffled[feature].tolist()) == expected
+
+
 def test_geometry_places_a_known_feature_on_its_pixels(loaded: LoadedModel) -> None:
     # 96 × 32 → long side 84 → canvas 84 × 42: one row of two 42-px squares, 3 × 3 features each.
     image = Image.new("RGB", (96, 32), (255, 255, 255))

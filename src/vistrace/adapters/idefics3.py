@@ -72,6 +72,38 @@ def expanded_prompt(prompt: Prompt, replacements: Sequence[Mapping[str, Any]]) -
     return Prompt("".join(pieces), (q_start + shift, q_end + shift), prompt.add_special_tokens)
 
 
+def prepare_expanded(
+    adapter: Adapter, model: Any, processor: Any, image: Image.Image, question: str
+) -> PreparedPrompt:
+    """`Adapter.prepare` for a processor that replaces the chat template's image placeholder by more
+    than a run of image tokens (frame or delimiter tokens around them): the processor reports its
+    replacements (`return_text_replacement_offsets`), roles are resolved on the expanded text it
+    tokenised (every image token `IMAGE`, the added frame tokens `TEMPLATE`), and the returned
+    `prompt` stays the chat-template text with one placeholder, what the processor is given."""
+    image = adapter.prepare_image(processor, image)
+    prompt = render_prompt(processor, question)
+    outputs = processor(
+        images=image,
+        text=prompt.text,
+        add_special_tokens=prompt.add_special_tokens,
+        return_tensors="pt",
+        return_text_replacement_offsets=True,
+    )
+    replacements = outputs["text_replacement_offsets"][0]
+    inputs = {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+    ids = inputs["input_ids"][0]
+    image_token = adapter.image_token_id(model)
+    roles = resolve_roles(
+        processor.tokenizer,
+        expanded_prompt(prompt, replacements),
+        ids.tolist(),
+        image_token,
+        inline_image=True,
+    )
+    image_rows, image_keys = adapter._image_rows_and_keys(inputs, image_token)
+    return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+
+
 def split_grid(image_processor: Any, image_size: tuple[int, int]) -> tuple[int, int, int]:
     """(rows, cols, square side M in px) the image processor gives an image of `image_size`
     (width, height): its own resize / split run on a blank image of that size (rows = cols = 0 when
@@ -158,28 +190,7 @@ class Idefics3Adapter(Adapter):
         """As `Adapter.prepare`, with roles resolved on the text the processor tokenised: its frame
         tokens (`<fake_token_around_image>`, `<row_r_col_c>`, `<global-img>`, newlines) are template,
         each `<image>` position an image key. `prompt` stays the chat-template text (one `<image>`)."""
-        image = self.prepare_image(processor, image)
-        prompt = render_prompt(processor, question)
-        outputs = processor(
-            images=image,
-            text=prompt.text,
-            add_special_tokens=prompt.add_special_tokens,
-            return_tensors="pt",
-            return_text_replacement_offsets=True,
-        )
-        replacements = outputs["text_replacement_offsets"][0]
-        inputs = {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor)}
-        ids = inputs["input_ids"][0]
-        image_token = self.image_token_id(model)
-        roles = resolve_roles(
-            processor.tokenizer,
-            expanded_prompt(prompt, replacements),
-            ids.tolist(),
-            image_token,
-            inline_image=True,
-        )
-        image_rows, image_keys = self._image_rows_and_keys(inputs, image_token)
-        return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+        return prepare_expanded(self, model, processor, image, question)
 
     def geometry(self, model: Any, processor: Any, image_size: tuple[int, int]) -> Geometry:
         """Geometry of one image of `image_size` (width, height): rows × cols squares and the global
@@ -209,5 +220,6 @@ __all__ = [
     "SmolVLMAdapter",
     "expanded_prompt",
     "frame_geometry",
+    "prepare_expanded",
     "split_grid",
 ]
