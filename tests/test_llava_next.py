@@ -102,28 +102,28 @@ def test_base_features_come_first(loaded: LoadedModel) -> None:
 
 
 def test_geometry_places_known_features_on_their_pixels(loaded: LoadedModel) -> None:
-    # 64 × 40 → canvas 56 × 56 (2 × 2 tiles, 4 × 4 features of 14 px); the image is resized to
-    # 56 × 35 and pasted 10 px down; unpadding keeps grid rows 1 and 2.
+    # 64 × 40 → canvas 42 × 84 (1 × 2 tiles, 3 × 6 features of 14 px); the image is resized to
+    # 68 × 42 and pasted 8 px right; unpadding keeps grid columns 1 … 4.
     image = Image.new("RGB", (64, 40), (255, 255, 255))
     geometry = loaded.adapter.geometry(loaded.model, loaded.processor, image.size)
-    assert geometry.num_features == 4 + 2 * (4 + 1)
+    assert geometry.num_features == 9 + 3 * (4 + 1)
     # The base tile covers the whole image.
-    base = geometry.boxes[:4]
+    base = geometry.boxes[:9]
     assert base[:, :2].min() == 0.0 and tuple(base[:, 2:].max(axis=0)) == (64.0, 40.0)
     assert geometry.grids[0].box == (0.0, 0.0, 64.0, 40.0)
-    assert geometry.boxes[1] == pytest.approx([32.0, 0.0, 64.0, 20.0])
-    # High-resolution feature 2 of kept row 1 (grid row 2, column 2): canvas (28, 28)-(42, 42).
-    feature = 4 + 5 + 2
-    scale = 35 / 40
-    assert geometry.boxes[feature] == pytest.approx([32.0, 18 / scale, 48.0, 32 / scale])
+    assert geometry.boxes[1] == pytest.approx([64 / 3, 0.0, 128 / 3, 40 / 3])
+    # Kept row 1, kept column 1 (grid row 1, column 2): canvas (28, 14)-(42, 28).
+    feature = 9 + 5 + 1
+    scale_x, scale_y = 68 / 64, 42 / 40
+    assert geometry.boxes[feature] == pytest.approx([20 / scale_x, 14 / scale_y, 34 / scale_x, 28 / scale_y])
     assert geometry.kinds[feature] == "patch"
     # The processor's own pixels agree: red drawn in that box is reddest in that canvas cell.
-    ImageDraw.Draw(image).rectangle([33, 22, 46, 35], fill=(255, 0, 0))
+    ImageDraw.Draw(image).rectangle([20, 15, 31, 25], fill=(255, 0, 0))
     inputs = loaded.processor(images=image, text="<image>", return_tensors="pt")
-    tiles = inputs["pixel_values"][0, 1:]  # (4, 3, 28, 28): the 2 × 2 canvas tiles, row-major
-    canvas = torch.cat([torch.cat([tiles[0], tiles[1]], dim=2), torch.cat([tiles[2], tiles[3]], dim=2)], 1)
+    tiles = inputs["pixel_values"][0, 1:]  # (2, 3, 42, 42): the 1 × 2 canvas tiles
+    canvas = torch.cat([tiles[0], tiles[1]], dim=2)
     redness = (canvas[0] - canvas[1]).unfold(0, 14, 14).unfold(1, 14, 14).mean(dim=(-1, -2))
-    assert divmod(int(redness.argmax()), 4) == (2, 2)
+    assert divmod(int(redness.argmax()), 6) == (1, 2)
 
 
 def test_seam_checks_pass(loaded: LoadedModel) -> None:

@@ -98,7 +98,7 @@ def write_tiny_llava_next(
     *,
     seed: int = 0,
     num_layers: int = 4,
-    image_size: int = 28,
+    image_size: int = 42,
     patch_size: int = 14,
     hidden_size: int = 32,
     num_heads: int = 4,
@@ -106,7 +106,7 @@ def write_tiny_llava_next(
 ) -> Path:
     """Write a tiny `LlavaNextForConditionalGeneration` checkpoint into `out_dir` and return it.
 
-    One tile gives (image_size / patch_size)² features (4 by default); an image gives the base tile,
+    One tile gives (image_size / patch_size)² features (9 by default); an image gives the base tile,
     the unpadded anyres grid (up to 2×2 tiles) and one newline feature per grid row.
     """
     # Imported here: `vistrace.tiny` imports this module for its family dispatch.
