@@ -247,3 +247,25 @@ def test_a_stage_without_tokens_is_skipped_or_named(
     )
     with pytest.raises(ValueError, match="generated no tokens"):
         plot_avg_attention(only_silent, figures)
+
+
+def test_text_heatmap_draws_tokens_that_look_like_math(
+    models: dict[str, LoadedModel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generated `$$` or `$x^2$` is text: matplotlib must not parse it as mathtext."""
+    plain = _fake_volcano(adopt=True)
+
+    def mathy(loaded: LoadedModel, image: Image.Image, question: str, **kwargs: Any) -> VolcanoResult:
+        result = plain(loaded, image, question, **kwargs)
+        initial = _stage(loaded, image, ("▁costs", "▁$$", "▁$x^2$", "\\", "</s>"), None)
+        return VolcanoResult(**{**result.__dict__, "stages": {**result.stages, "initial": initial}})
+
+    directory = tmp_path / "data"
+    directory.mkdir()
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(directory / "0.png")
+    records = [{"image_id": "i0", "image_src": "0.png", "question": "Q?", "gold_answer": "A"}]
+    (directory / "input.json").write_text(json.dumps(records))
+    monkeypatch.setattr(volcano_module, "volcano_instance", mathy)
+    run_volcano(models["llava"], directory / "input.json", directory / "run", max_new_tokens=8)
+    written = plot_text_heatmap(directory / "run", 0, tmp_path / "figures")
+    _written(written, {".png", ".pdf", ".html", ".json", ".csv"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
 
@@ -23,9 +24,10 @@ class _Commands(TyperGroup):
         except (ValueError, OSError, ImportError) as error:
             self._report(error)
         except Exception as error:
+            from vistrace.compat import TransformersContractError
             from vistrace.datasets import DatasetError
 
-            if not isinstance(error, DatasetError):
+            if not isinstance(error, (DatasetError, TransformersContractError)):
                 raise
             self._report(error)
 
@@ -152,7 +154,13 @@ def check(
 
 @app.command()
 def tiny(
-    family: Annotated[str, typer.Argument(help="llava, mllama, qwen2_vl, qwen2_5_vl or qwen3_vl")],
+    family: Annotated[
+        str,
+        typer.Argument(
+            help="llava, mllama, qwen2_vl, qwen2_5_vl, qwen3_vl, llava_next, llava_onevision, idefics3 "
+            "or internvl"
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint into.")],
     seed: int = 0,
 ) -> None:
@@ -481,9 +489,34 @@ def demo(
         raise typer.BadParameter(message, param_hint="--family")
     families = ["llava", "mllama"] if family == "both" else [family]
     typer.echo(run_demo(out, families))
+    from vistrace.report import write_report
+
+    runs = [out / name / kind for name in families for kind in ("eval", "trace", "attend")]
+    typer.echo(f"report: {write_report([r for r in runs if r.is_dir()], out / 'report.html')}")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of eval, trace or attend.")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    pools: Annotated[
+        str, typer.Option(help="Comma-separated head poolings to store (top_k_mean, mean, max).")
+    ] = "top_k_mean,mean,max",
+    layer_groups: Annotated[
+        int, typer.Option(help="Add a layer menu with this many layer groups (0: none).")
+    ] = 0,
+) -> None:
+    """One self-contained interactive HTML page of RUNS, opened offline in any browser."""
+    from vistrace.report import write_report
+
+    chosen = [p.strip() for p in pools.split(",") if p.strip()]
+    path = write_report(runs, out, pools=chosen, layer_groups=layer_groups)
+    typer.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def main() -> None:
+    # Figures are written to files: no window system needed (a notebook keeps its own backend).
+    os.environ.setdefault("MPLBACKEND", "Agg")
     app()
 
 

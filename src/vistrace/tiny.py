@@ -28,6 +28,9 @@ from transformers import (
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
 
+from vistrace.tiny_idefics3 import write_tiny_idefics3
+from vistrace.tiny_internvl import write_tiny_internvl
+from vistrace.tiny_llava_next import write_tiny_llava_next, write_tiny_llava_onevision
 from vistrace.tiny_qwen import QWEN_FAMILIES, write_tiny_qwen
 from vistrace.tokenizer_build import (
     LLAMA3_VISION_TEMPLATE,
@@ -35,8 +38,29 @@ from vistrace.tokenizer_build import (
     build_tokenizer,
 )
 
-Family = Literal["llava", "mllama", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-FAMILIES: tuple[Family, ...] = ("llava", "mllama", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+Family = Literal[
+    "llava",
+    "mllama",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava_next",
+    "llava_onevision",
+    "idefics3",
+    "internvl",
+]
+# Families whose tiny checkpoints every family-parametrized test runs on (Idefics3 has its own tests:
+# on transformers before 5.24 its model and processor disagree on the number of image features).
+FAMILIES: tuple[Family, ...] = (
+    "llava",
+    "mllama",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava_next",
+    "llava_onevision",
+    "internvl",
+)
 
 _CORPUS = [
     "Look at the image carefully and answer this visual question.",
@@ -244,4 +268,14 @@ def write_tiny(family: Family, out_dir: str | Path, *, seed: int = 0) -> Path:
         return write_tiny_mllama(out_dir, seed=seed)
     if family in QWEN_FAMILIES:
         return write_tiny_qwen(family, out_dir, seed=seed)
-    raise ValueError(f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(FAMILIES)}")
+    if family == "llava_next":
+        return write_tiny_llava_next(out_dir, seed=seed)
+    if family == "llava_onevision":
+        return write_tiny_llava_onevision(out_dir, seed=seed)
+    if family == "idefics3":
+        return write_tiny_idefics3(out_dir, seed=seed)
+    if family == "internvl":
+        return write_tiny_internvl(out_dir, seed=seed)
+    raise ValueError(
+        f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(FAMILIES)}, idefics3"
+    )

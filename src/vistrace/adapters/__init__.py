@@ -11,7 +11,10 @@ from vistrace.adapters.base import (
     PreparedPrompt,
     UnsupportedModelError,
 )
+from vistrace.adapters.idefics3 import IDEFICS3_ADAPTERS
+from vistrace.adapters.internvl import INTERNVL_ADAPTER, REMOTE_CODE_MODEL_TYPES
 from vistrace.adapters.llava import LlavaAdapter
+from vistrace.adapters.llava_next import LLAVA_NEXT_ADAPTERS
 from vistrace.adapters.mllama import MllamaAdapter
 from vistrace.adapters.qwen2_vl import QWEN_ADAPTERS
 
@@ -54,8 +57,11 @@ def get_adapter(model_or_type: Any) -> Adapter:
 
 register_adapter(LlavaAdapter())
 register_adapter(MllamaAdapter())
-for _qwen in QWEN_ADAPTERS:
-    register_adapter(_qwen)
+for _adapter in (*QWEN_ADAPTERS, *LLAVA_NEXT_ADAPTERS, *IDEFICS3_ADAPTERS, INTERNVL_ADAPTER):
+    register_adapter(_adapter)
+# Remote-code InternVL checkpoints: the adapter refuses them with one line naming the -hf conversion.
+for _remote in REMOTE_CODE_MODEL_TYPES:
+    register_adapter(INTERNVL_ADAPTER, model_type=_remote)
 
 __all__ = [
     "Adapter",

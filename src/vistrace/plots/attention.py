@@ -292,6 +292,7 @@ def plot_text_heatmap(run_dir: str | Path, instance_idx: int, out_dir: str | Pat
                     family="monospace",
                     fontsize=FONT_SIZE,
                     color=_text_color(background),
+                    parse_math=False,  # a generated "$$" is text, not mathtext
                 )
             row += 1
         row += 1
