@@ -27,6 +27,14 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install -q -e ".[dev]"
 # A candidate above the pin's upper bound installs with a resolver warning; that is the point.
 "$venv/bin/pip" install -q "transformers==$version"
-"$venv/bin/python" -c "import sys, transformers; sys.exit(transformers.__version__ != '$version')"
+"$venv/bin/python" - "$version" <<'PY'
+import sys
+
+import transformers
+from packaging.version import Version
+
+if Version(transformers.__version__) != Version(sys.argv[1]):
+    sys.exit(f"transformers {transformers.__version__} installed, not {sys.argv[1]}")
+PY
 echo "transformers $version: running the test suite"
 "$venv/bin/python" -m pytest -q "$@"
