@@ -4,7 +4,7 @@
 parameters); `narrow` keeps a model's image geometry and layer pattern at a small width, and `TINY`
 holds look-alikes of the same structure that run on a CPU in seconds. `build` makes the model directly
 on the target device in the target dtype (no checkpoint is written or read) with an offline tokenizer
-and the family's real processor settings (vistrace.tiny's helpers at the given image size).
+and the family's real processor settings (vistrace.models.tiny's helpers at the given image size).
 
 The tokenizer is a small BPE trained on the benchmark's own prompt, so prompt lengths are close to a
 Llama tokenizer's (about one token per word); its ids, the image token's included, are small numbers
@@ -32,10 +32,10 @@ from transformers.models.mllama.configuration_mllama import MllamaTextConfig, Ml
 
 from vistrace.adapters import get_adapter
 from vistrace.adapters.mllama_vision import use_reference_vision_features
-from vistrace.datasets.prompts import vqav2_prompt
-from vistrace.loading import LoadedModel
-from vistrace.tiny import llava_config, llava_processor, mllama_processor
-from vistrace.tokenizer_build import VICUNA_V1_SYSTEM, build_tokenizer
+from vistrace.data.prompts import vqav2_prompt
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import llava_config, llava_processor, mllama_processor
+from vistrace.models.tokenizer_build import VICUNA_V1_SYSTEM, build_tokenizer
 
 Family = Literal["llava", "mllama"]
 FAMILIES: tuple[Family, ...] = ("llava", "mllama")
@@ -304,7 +304,7 @@ def random_model(
 
 
 def processor_for(sizes: Sizes, tokenizer: PreTrainedTokenizerFast) -> Any:
-    """The family's processor at the image geometry of `sizes` (vistrace.tiny's helpers)."""
+    """The family's processor at the image geometry of `sizes` (vistrace.models.tiny's helpers)."""
     if isinstance(sizes, LlavaSizes):
         return llava_processor(tokenizer, image_size=sizes.image_size, patch_size=sizes.patch_size)
     return mllama_processor(tokenizer, tile_size=sizes.tile_size, max_tiles=sizes.max_tiles)

@@ -9,8 +9,8 @@ tokens), generation of exactly N new tokens (EOS never stops it).
 Three ways to generate, each a whole call from the prompt string to the tokens (the processor
 included), run in turn `--repeats` times, medians compared:
 
-- `generate`: `vistrace.capture.generate_text`, the model on its fast (sdpa) path;
-- `capture`: `vistrace.capture.capture`, every generated token's attention on the image kept;
+- `generate`: `vistrace.capture.generate.generate_text`, the model on its fast (sdpa) path;
+- `capture`: `vistrace.capture.generate.capture`, every generated token's attention on the image kept;
 - `output_attentions`: `model.generate(output_attentions=True, return_dict_in_generate=True)` with
   the language model on eager attention (what the research code did).
 
@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _models import FAMILIES, PROMPT, TINY, Family, Sizes, benchmark_image, build, narrow
 
-from vistrace.capture import capture, generate_text
-from vistrace.loading import LoadedModel
+from vistrace.capture.generate import capture, generate_text
+from vistrace.models.loading import LoadedModel
 
 MODES = ("generate", "capture", "output_attentions")
 # Depth and width of the CPU models (the image geometry is the real one): Mllama keeps the real

@@ -7,8 +7,8 @@ offline with a small tokenizer. Prompt: the paper's VQAv2 prompt (about 100 text
 each run `--repeats` times (the runs taking turns, medians reported), with the peak GPU memory of each:
 
 - `forward`: one forward pass over the prompt and the image;
-- `generate`: `vistrace.capture.generate_text`, N new tokens (EOS never stops it);
-- `capture`: `vistrace.capture.capture`, the same generation keeping every generated token's
+- `generate`: `vistrace.capture.generate.generate_text`, N new tokens (EOS never stops it);
+- `capture`: `vistrace.capture.generate.capture`, the same generation keeping every generated token's
   attention on the image; its time against `generate` (target <= 1.3x);
 - `output_attentions`: `model.generate(output_attentions=True)`, the language model on eager
   attention, as the research code did;
@@ -67,8 +67,8 @@ from _models import (
 )
 from capture import run_capture, run_generate, run_output_attentions
 
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel, resolve_dtype
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, resolve_dtype
 
 K = 9
 RUN_NAMES = ("forward", "generate", "capture", "output_attentions", "naive", "fast")

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
-from vistrace.loading import load
-from vistrace.tiny import write_tiny_llava, write_tiny_mllama
-from vistrace.tiny_qwen import write_tiny_qwen
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
+from vistrace.models.loading import load
+from vistrace.models.tiny import write_tiny_llava, write_tiny_mllama
+from vistrace.models.tiny_qwen import write_tiny_qwen
 
 PROMPT = (
     "Look at the image carefully and answer this visual question. For yes/no questions, just respond Yes or "

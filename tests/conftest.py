@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vistrace.loading import LoadedModel, load
-from vistrace.tiny import FAMILIES, write_tiny
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny import FAMILIES, write_tiny
 
 torch.set_num_threads(1)
 

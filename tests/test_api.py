@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import vistrace
-from vistrace.knockout import KnockoutRunner, Pathway
+from vistrace.knockout.sweep import KnockoutRunner, Pathway
 
 from .conftest import scene_image
 

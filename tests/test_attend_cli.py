@@ -13,11 +13,12 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-import vistrace.volcano as volcano_module
+import vistrace.runs.attend as attend_module
+import vistrace.volcano.loop as volcano_loop
 from vistrace.cli import app
-from vistrace.loading import LoadedModel
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import FAMILIES
 from vistrace.plots.attention_maps import strip_mark
-from vistrace.tiny import FAMILIES
 
 from .conftest import scene_image
 
@@ -177,7 +178,7 @@ def test_attend_volcano_resume_and_figures(
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished instance was run again")
 
-    monkeypatch.setattr(volcano_module, "volcano_instance", must_not_run)
+    monkeypatch.setattr(attend_module, "volcano_instance", must_not_run)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         _attend(tiny_dirs[family], source, run)
@@ -268,7 +269,7 @@ def test_avg_attention_over_adopted_revisions(
     """The decision is forced to B then A, so every instance adopts its first revision; the captures
     and the figure are the CLI's own."""
     decisions = itertools.cycle(["B", "A"])
-    monkeypatch.setattr(volcano_module, "generate_text", lambda *args, **kwargs: next(decisions))
+    monkeypatch.setattr(volcano_loop, "generate_text", lambda *args, **kwargs: next(decisions))
     source, run = _input_file(tmp_path / "data"), tmp_path / "run"
     _attend(tiny_dirs[family], source, run)
     entries = _check_run(run, tiny_models[family], volcano=True)

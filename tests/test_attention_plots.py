@@ -12,13 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import vistrace.volcano as volcano_module
-from vistrace.capture import StageCapture
-from vistrace.demo.run import _attention_figures
-from vistrace.loading import LoadedModel, load
-from vistrace.plots.attention import plot_avg_attention, plot_image_heatmap, plot_text_heatmap
-from vistrace.plots.attention_maps import find_span, parse_spans
-from vistrace.pooling import (
+import vistrace.runs.attend as attend_module
+from vistrace.capture.generate import StageCapture
+from vistrace.capture.pooling import (
     pool_map,
     shared_top_l,
     token_image_attention,
@@ -26,7 +22,12 @@ from vistrace.pooling import (
     top_k_mean,
     without_eos,
 )
-from vistrace.volcano import VolcanoResult, run_volcano
+from vistrace.demo.run import _attention_figures
+from vistrace.models.loading import LoadedModel, load
+from vistrace.plots.attention import plot_avg_attention, plot_image_heatmap, plot_text_heatmap
+from vistrace.plots.attention_maps import find_span, parse_spans
+from vistrace.runs.attend import run_volcano
+from vistrace.volcano.loop import VolcanoResult
 
 SPAN_FEATURE = 6
 FEEDBACK_TOKENS = ("▁The", "▁car", "▁is", "▁rather", "▁silver", ".", "▁<b>&", "</s>")
@@ -155,7 +156,7 @@ def _run(
             {"image_id": f"i{index}", "image_src": f"{index}.png", "question": "Q?", "gold_answer": "A"}
         )
     (directory / "input.json").write_text(json.dumps(records))
-    monkeypatch.setattr(volcano_module, "volcano_instance", _fake_volcano(adopt, silent_size))
+    monkeypatch.setattr(attend_module, "volcano_instance", _fake_volcano(adopt, silent_size))
     run_volcano(loaded, directory / "input.json", directory / "run", max_new_tokens=8)
     return directory / "run"
 
@@ -265,7 +266,7 @@ def test_text_heatmap_draws_tokens_that_look_like_math(
     Image.new("RGB", (40, 30), (10, 120, 200)).save(directory / "0.png")
     records = [{"image_id": "i0", "image_src": "0.png", "question": "Q?", "gold_answer": "A"}]
     (directory / "input.json").write_text(json.dumps(records))
-    monkeypatch.setattr(volcano_module, "volcano_instance", mathy)
+    monkeypatch.setattr(attend_module, "volcano_instance", mathy)
     run_volcano(models["llava"], directory / "input.json", directory / "run", max_new_tokens=8)
     written = plot_text_heatmap(directory / "run", 0, tmp_path / "figures")
     _written(written, {".png", ".pdf", ".html", ".json", ".csv"})

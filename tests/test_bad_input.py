@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vistrace.attend_io import read_instances
 from vistrace.cli import app
+from vistrace.data.metrics import exact_match
 from vistrace.images import ImageError, open_image
-from vistrace.metrics import exact_match
-from vistrace.runs import ConfigMismatchError, read_jsonl
-from vistrace.scoring import build_analysis_set, score_run
-from vistrace.trace import export_results, trace
+from vistrace.runs.attend_io import read_instances
+from vistrace.runs.folder import ConfigMismatchError, read_jsonl
+from vistrace.runs.scoring import build_analysis_set, score_run
+from vistrace.runs.trace import export_results, trace
 
 from .conftest import scene_image
 
@@ -352,7 +352,7 @@ def test_attend_input_with_a_bad_line_keeps_the_others(tmp_path: Path) -> None:
 def test_generation_is_clipped_to_the_context(tiny_models, caplog: pytest.LogCaptureFixture) -> None:
     import torch
 
-    from vistrace.capture import _fitting
+    from vistrace.capture.generate import _fitting
 
     loaded = tiny_models["llava"]
     context = loaded.model.config.get_text_config().max_position_embeddings
@@ -411,7 +411,7 @@ def test_exact_match_properties() -> None:
 def test_torn_tail_repair_properties(tmp_path: Path) -> None:
     import random
 
-    from vistrace.store import JsonlStore
+    from vistrace.runs.store import JsonlStore
 
     rng = random.Random(1)
     for trial in range(30):
@@ -433,8 +433,8 @@ def test_torn_tail_repair_properties(tmp_path: Path) -> None:
 def test_attend_skips_a_question_with_the_image_placeholder_and_refuses_another_input(
     tiny_models, tmp_path: Path
 ) -> None:
-    from vistrace.attend_io import read_log
-    from vistrace.volcano import run_volcano
+    from vistrace.runs.attend import run_volcano
+    from vistrace.runs.attend_io import read_log
 
     folder = tmp_path / "data"
     folder.mkdir()
@@ -455,7 +455,7 @@ def test_attend_skips_a_question_with_the_image_placeholder_and_refuses_another_
 
 
 def test_eval_refuses_another_input_file(tiny_models, tmp_path: Path) -> None:
-    from vistrace.evaluate import evaluate
+    from vistrace.runs.evaluate import evaluate
 
     run = tmp_path / "run"
     evaluate(tiny_models["llava"], [], run, dataset="jsonl", source=tmp_path / "a.jsonl")
@@ -468,13 +468,13 @@ def test_a_second_real_process_on_a_run_folder_is_refused(tmp_path: Path) -> Non
     import sys
     import time
 
-    from vistrace.runs import RunLockedError, open_run
+    from vistrace.runs.folder import RunLockedError, open_run
 
     run = tmp_path / "run"
     holder = subprocess.Popen(
         [
             sys.executable, "-c",
-            "import sys, time; from vistrace.runs import open_run\n"
+            "import sys, time; from vistrace.runs.folder import open_run\n"
             "with open_run(sys.argv[1], 'trace', {}):\n    print('held', flush=True); time.sleep(30)",
             str(run),
         ],
@@ -493,8 +493,8 @@ def test_a_second_real_process_on_a_run_folder_is_refused(tmp_path: Path) -> Non
 
 
 def test_eval_skips_a_question_with_the_image_placeholder(tiny_models, tmp_path: Path) -> None:
-    from vistrace.datasets import Example
-    from vistrace.evaluate import evaluate
+    from vistrace.data import Example
+    from vistrace.runs.evaluate import evaluate
 
     scene_image().save(tmp_path / "scene.png")
     examples = [
@@ -516,13 +516,13 @@ def test_interrupt_and_full_disk_then_resume_lose_and_duplicate_nothing(
 ) -> None:
     import errno
 
-    import vistrace.knockout
-    import vistrace.store
+    import vistrace.knockout.sweep
+    import vistrace.runs.store
 
     data = _data(tmp_path / "data", [{"id": f"s{i}", **GOOD} for i in range(3)])
     args = ["trace", "--model", str(tiny_dirs["llava"]), "--data", str(data), "--out", str(tmp_path / "r")]
     args += ["--pathways", "image_to_last", "--k", "1"]
-    real_run = vistrace.knockout.KnockoutRunner.run
+    real_run = vistrace.knockout.sweep.KnockoutRunner.run
     calls = {"n": 0}
 
     def interrupted(self: Any, *a: Any, **k: Any) -> Any:
@@ -531,15 +531,15 @@ def test_interrupt_and_full_disk_then_resume_lose_and_duplicate_nothing(
             raise KeyboardInterrupt
         return real_run(self, *a, **k)
 
-    monkeypatch.setattr(vistrace.knockout.KnockoutRunner, "run", interrupted)
+    monkeypatch.setattr(vistrace.knockout.sweep.KnockoutRunner, "run", interrupted)
     assert _invoke(*args).exit_code != 0
     assert [r["id"] for r in read_jsonl(tmp_path / "r" / "results.jsonl")] == ["s0"]
-    monkeypatch.setattr(vistrace.knockout.KnockoutRunner, "run", real_run)
+    monkeypatch.setattr(vistrace.knockout.sweep.KnockoutRunner, "run", real_run)
 
     def full(*a: Any, **k: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(vistrace.store, "append_jsonl", full)
+    monkeypatch.setattr(vistrace.runs.store, "append_jsonl", full)
     assert "No space left on device" in _error_line(_invoke(*args))
     monkeypatch.undo()
     result = _invoke(*args)

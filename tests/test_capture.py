@@ -12,11 +12,11 @@ from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText
 
 from vistrace.adapters import get_adapter
-from vistrace.capture import StageCapture, capture
+from vistrace.capture.generate import StageCapture, capture
 from vistrace.hook.plan import CaptureRecorder
-from vistrace.loading import LoadedModel, load
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny import FAMILIES
 from vistrace.plots.attention_maps import feature_raster, grid_canvas
-from vistrace.tiny import FAMILIES
 
 from .conftest import scene_image
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import vistrace.hook.seam as seam
 from vistrace.cli import app
-from vistrace.tiny import FAMILIES
+from vistrace.models.tiny import FAMILIES
 
 CHECKS = (
     "empty plan == model output",

@@ -12,9 +12,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tests.test_llava_original import _original_config, _write_checkpoint, original_weights, tower_dir
-from vistrace import loading
 from vistrace.cli import app
-from vistrace.evaluate import read_jsonl
+from vistrace.models import loading
+from vistrace.runs.evaluate import read_jsonl
 
 __all__ = ["original_weights", "tower_dir"]  # fixtures shared with test_llava_original
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from vistrace import compat
 from vistrace.cli import app
-from vistrace.knockout import KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel
-from vistrace.tiny import FAMILIES
+from vistrace.knockout.sweep import KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import FAMILIES
 
 from .conftest import scene_image
 

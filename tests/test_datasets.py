@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from vistrace.datasets import (
+from vistrace.data import (
     DEFAULT_MAX_NEW_TOKENS,
     DatasetError,
     Example,

@@ -11,14 +11,7 @@ import pytest
 import torch
 
 from vistrace.adapters import get_adapter
-from vistrace.demo import models as demo_models
-from vistrace.demo.models import (
-    DEMO_FAMILIES,
-    EVAL_SEED,
-    DemoModelMissingError,
-    demo_model_dir,
-    evaluate_answers,
-)
+from vistrace.demo.models import EVAL_SEED, evaluate_answers
 from vistrace.demo.train import (
     DEFAULT_CONFIGS,
     Encoder,
@@ -33,7 +26,9 @@ from vistrace.demo.train import (
     shared_prefix_length,
 )
 from vistrace.demo.world import make_split, render
-from vistrace.loading import load
+from vistrace.models import builtin
+from vistrace.models.builtin import DEMO_FAMILIES, DemoModelMissingError, demo_model_dir
+from vistrace.models.loading import load
 
 torch.set_num_threads(2)
 
@@ -77,7 +72,7 @@ def test_shipped_model_was_trained_with_the_default_config(family: str) -> None:
 
 
 def test_demo_model_dir_names_the_training_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(demo_models, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(builtin, "MODELS_DIR", tmp_path)
     with pytest.raises(DemoModelMissingError, match=r"python -m vistrace\.demo\.train --family mllama"):
         demo_model_dir("mllama")
     with pytest.raises(ValueError, match="unknown demo family"):

@@ -11,7 +11,7 @@ import torch
 from vistrace.demo.pointing import feature_map, layer_groups, overlaps, pointing_game
 from vistrace.demo.run import DemoSettings, run_demo
 from vistrace.demo.world import make_split
-from vistrace.loading import LoadedModel
+from vistrace.models.loading import LoadedModel
 
 
 def test_layer_groups_split_contiguously_and_add_all() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from vistrace.capture import capture
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel
+from vistrace.capture.generate import capture
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel
 
 from .conftest import scene_image
 

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from vistrace.datasets import Example, load_image, read_vqav2, shuffle_options, visual7w_prompt, vqav2_prompt
+from vistrace.data import Example, load_image, read_vqav2, shuffle_options, visual7w_prompt, vqav2_prompt
 from vistrace.demo.world import make_split
 from vistrace.demo.writers import write_vqav2
-from vistrace.evaluate import ConfigMismatchError, EvalSummary, evaluate, read_jsonl
-from vistrace.loading import LoadedModel
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import FAMILIES
 from vistrace.roles import render_prompt
-from vistrace.scoring import build_analysis_set, is_correct, score_record, score_run, summary_path
-from vistrace.tiny import FAMILIES
+from vistrace.runs.evaluate import ConfigMismatchError, EvalSummary, evaluate, read_jsonl
+from vistrace.runs.scoring import build_analysis_set, is_correct, score_record, score_run, summary_path
 
 BATCH = 4
 
@@ -175,7 +175,7 @@ def test_bad_examples_are_skipped_and_the_rest_finishes(
     near = "cat" + " cat" * int((505 - base) / per_word)
     edge = replace(good[4], id="edge", question=near)
     examples = [good[0], bad[0], good[1], bad[1], good[2], bad[2], bad[3], good[3], good[4], good[0], edge]
-    with caplog.at_level(logging.WARNING, logger="vistrace.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="vistrace.runs.evaluate"):
         summary = evaluate(loaded, examples, tmp_path / "run", dataset="vqav2", batch_size=BATCH)
     assert (summary.generated, summary.skipped) == (6, 5)
     reasons = {r["id"]: r["reason"] for r in read_jsonl(tmp_path / "run" / "skipped.jsonl")}

@@ -12,12 +12,12 @@ from transformers import AutoModelForImageTextToText
 
 from vistrace.adapters import register_adapter
 from vistrace.adapters.idefics3 import IDEFICS3_ADAPTERS
-from vistrace.capture import capture
+from vistrace.capture.generate import capture
 from vistrace.check import run_checks
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel, load
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny_idefics3 import write_tiny_idefics3
 from vistrace.roles import Role
-from vistrace.tiny_idefics3 import write_tiny_idefics3
 
 from .conftest import scene_image
 

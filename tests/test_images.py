@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from vistrace.adapters import get_adapter
-from vistrace.attend_io import Instance
-from vistrace.attend_io import load_image as attend_load_image
-from vistrace.datasets import Example, load_image, read_dataset
+from vistrace.data import Example, load_image, read_dataset
 from vistrace.images import BACKGROUND, image_base, resolve_image, to_rgb
-from vistrace.trace import _open_image
+from vistrace.runs.attend_io import Instance
+from vistrace.runs.attend_io import load_image as attend_load_image
+from vistrace.runs.trace import _open_image
 
 RED, GREEN, BLUE = (200, 0, 0), (0, 200, 0), (0, 0, 200)
 

@@ -13,12 +13,12 @@ from transformers import AutoModelForImageTextToText
 
 from vistrace.adapters import UnsupportedModelError, get_adapter, register_adapter
 from vistrace.adapters.internvl import INTERNVL_ADAPTER
-from vistrace.capture import capture
+from vistrace.capture.generate import capture
 from vistrace.check import run_checks
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel, load
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny_internvl import write_tiny_internvl
 from vistrace.roles import Role
-from vistrace.tiny_internvl import write_tiny_internvl
 
 from .conftest import scene_image
 

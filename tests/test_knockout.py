@@ -6,12 +6,14 @@ import pytest
 import torch
 
 import vistrace.hook.seam as seam_module
-import vistrace.knockout as knockout_module
-from vistrace.hook import Knockout, Plan, traced
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway, window_layers
-from vistrace.loading import LoadedModel
+import vistrace.knockout.attention as rerun_attn
+import vistrace.knockout.sweep as knockout_module
+from vistrace.adapters import traced
+from vistrace.hook import Knockout, Plan
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway, window_layers
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import FAMILIES
 from vistrace.roles import Role
-from vistrace.tiny import FAMILIES
 
 from .conftest import scene_image
 
@@ -127,8 +129,8 @@ def test_prefixed_attention_equals_explicit_attention(mode: str) -> None:
         expected, weights = seam_module.explicit_attention(
             torch.nn.Module(), query, keys, values, mask, dim**-0.5, block, mode
         )
-        opened, opened_weights = seam_module.prefixed_attention(query, parts, mask, dim**-0.5, block, mode)
-        fused = seam_module.fused_prefixed_attention(query, parts, mask, dim**-0.5, block, mode)
+        opened, opened_weights = rerun_attn.prefixed_attention(query, parts, mask, dim**-0.5, block, mode)
+        fused = rerun_attn.fused_prefixed_attention(query, parts, mask, dim**-0.5, block, mode)
         torch.testing.assert_close(opened, expected, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(opened_weights, weights, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(fused, expected, atol=1e-6, rtol=1e-5)

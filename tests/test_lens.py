@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vistrace.knockout import KnockoutRunner
-from vistrace.lens import answer_probability_by_layer
-from vistrace.loading import LoadedModel
-from vistrace.tiny import FAMILIES
+from vistrace.knockout.lens import answer_probability_by_layer
+from vistrace.knockout.sweep import KnockoutRunner
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import FAMILIES
 
 from .conftest import scene_image
 

@@ -14,12 +14,12 @@ from transformers import AutoModelForImageTextToText
 import vistrace.adapters as adapters_module
 from vistrace.adapters import register_adapter
 from vistrace.adapters.llava_next import LlavaNextAdapter
-from vistrace.capture import capture
+from vistrace.capture.generate import capture
 from vistrace.check import run_checks
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel, load
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny_llava_next import write_tiny_llava_next
 from vistrace.roles import Role
-from vistrace.tiny_llava_next import write_tiny_llava_next
 
 from .conftest import scene_image
 

@@ -26,17 +26,17 @@ from transformers import (
 )
 
 from vistrace.adapters import get_adapter
-from vistrace.capture import _encode
-from vistrace.datasets import Example
-from vistrace.evaluate import _Runner
-from vistrace.llava_original import (
+from vistrace.capture.generate import _encode
+from vistrace.data import Example
+from vistrace.models.llava_original import (
     VICUNA_V1_SYSTEM,
     convert_original_llava_config,
     convert_original_llava_state_dict,
     is_original_llava,
     load_original_llava,
 )
-from vistrace.loading import load
+from vistrace.models.loading import load
+from vistrace.runs.evaluate import _Runner
 
 VOCAB = 100
 IMAGE_SIZE, PATCH = 336, 14

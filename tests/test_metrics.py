@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from vistrace.metrics import (
+from vistrace.data.metrics import (
     CONTRACTIONS,
     MANUAL_MAP,
     METRICS,

@@ -15,16 +15,16 @@ import pytest
 from typer.testing import CliRunner
 
 from vistrace.cli import app
-from vistrace.evaluate import read_jsonl
-from vistrace.metrics import anls, vqa_all_agree
-from vistrace.paper_rules import (
+from vistrace.data.metrics import anls, vqa_all_agree
+from vistrace.data.paper_rules import (
     paper_docvqa_kept,
     paper_nls,
     paper_visual7w_kept,
     paper_vqa_kept,
     paper_vqa_preprocess,
 )
-from vistrace.scoring import build_analysis_set, is_correct, score_run
+from vistrace.runs.evaluate import read_jsonl
+from vistrace.runs.scoring import build_analysis_set, is_correct, score_run
 
 PREPROCESSED = [
     ("Yes", "yes"),

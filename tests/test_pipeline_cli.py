@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from vistrace.cli import app
 from vistrace.demo.world import make_split
 from vistrace.demo.writers import write_vqav2
-from vistrace.evaluate import read_jsonl
-from vistrace.loading import LoadedModel
-from vistrace.tiny import FAMILIES
+from vistrace.models.loading import LoadedModel
+from vistrace.models.tiny import FAMILIES
+from vistrace.runs.evaluate import read_jsonl
 
 TRACE_FIELDS = ("id", "image", "prompt", "answer_tokens", "answer", "category")
 PATHWAYS = ("image_to_last", "question_to_last")

@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
 from vistrace import adapters, compat
+from vistrace.adapters import traced
 from vistrace.adapters.base import PreparedPrompt
 from vistrace.adapters.qwen2_vl import (
     QWEN_ADAPTERS,
@@ -24,9 +25,9 @@ from vistrace.adapters.qwen2_vl import (
     load_qwen_processor,
     resized_size,
 )
-from vistrace.hook import Knockout, Plan, traced
+from vistrace.hook import Knockout, Plan
+from vistrace.models.tiny_qwen import QWEN_FAMILIES, QWEN_SPECIAL_TOKENS, write_tiny_qwen
 from vistrace.roles import Role
-from vistrace.tiny_qwen import QWEN_FAMILIES, QWEN_SPECIAL_TOKENS, write_tiny_qwen
 
 QUESTION = "What color is the circle?"
 

@@ -1,5 +1,5 @@
 """The HTML report: built from real `attend`, `trace` and `eval` runs of the tiny models, checked as
-a file (self-contained, escaped, numbers that match `vistrace.pooling`) and in headless Chromium."""
+a file (self-contained, escaped, numbers that match `vistrace.capture.pooling`) and in headless Chromium."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vistrace.attend_io import load_stages
+from vistrace.capture.pooling import pool_tokens
 from vistrace.cli import app
-from vistrace.pooling import pool_tokens
 from vistrace.report import detect_kind, write_report
 from vistrace.report.encode import dequantize_rows, image_data_uri, quantize_rows, script_json
+from vistrace.runs.attend_io import load_stages
 
 from .conftest import scene_image
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from vistrace.runs import (
+from vistrace.runs.folder import (
     LOCK_FILE,
     ConfigMismatchError,
     RunLockedError,
@@ -24,7 +24,7 @@ from vistrace.runs import (
     repair_tail,
     write_json,
 )
-from vistrace.store import JsonlStore
+from vistrace.runs.store import JsonlStore
 
 
 def test_config_is_written_at_creation_and_checked_on_resume(tmp_path: Path) -> None:

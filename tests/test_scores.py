@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import vistrace
-from vistrace import scores
+from vistrace.knockout import scores
 
 from .conftest import scene_image
 

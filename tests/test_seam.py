@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import vistrace.hook.seam as seam_module
-from vistrace.adapters import UnsupportedModelError, get_adapter
-from vistrace.hook import Knockout, Plan, traced
-from vistrace.loading import LoadedModel
+from vistrace.adapters import UnsupportedModelError, get_adapter, traced
+from vistrace.hook import Knockout, Plan
+from vistrace.models.loading import LoadedModel
 from vistrace.roles import Role
 
 from .conftest import scene_image

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vistrace.store import read_records
-from vistrace.trace import export_results, trace
+from vistrace.runs.store import read_records
+from vistrace.runs.trace import export_results, trace
 
 from .conftest import scene_image
 

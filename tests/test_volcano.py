@@ -11,18 +11,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import vistrace.volcano as volcano_module
+import vistrace.runs.attend as attend_module
+import vistrace.volcano.loop as volcano_module
 from vistrace.adapters import Geometry
-from vistrace.attend_io import instance_dir, load_stages, read_instances, read_log
-from vistrace.capture import StageCapture
-from vistrace.demo.volcano_data import DECISION_PROMPT, FEEDBACK_PROMPT, REVISION_PROMPT
-from vistrace.loading import LoadedModel, load
-from vistrace.volcano import (
+from vistrace.capture.generate import StageCapture
+from vistrace.models.loading import LoadedModel, load
+from vistrace.runs.attend import run_volcano
+from vistrace.runs.attend_io import instance_dir, load_stages, read_instances, read_log
+from vistrace.volcano.loop import parse_decision, run_loop
+from vistrace.volcano.prompts import (
+    DECISION_PROMPT,
     ENGINEERED_PROMPTS,
+    FEEDBACK_PROMPT,
     ORIGINAL_PROMPTS,
-    parse_decision,
-    run_loop,
-    run_volcano,
+    REVISION_PROMPT,
 )
 
 from .conftest import scene_image
@@ -156,7 +158,7 @@ def test_run_writes_skips_and_resumes(
 ) -> None:
     source = _input_file(tmp_path / "data")
     run_dir = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="vistrace.volcano"):
+    with caplog.at_level(logging.WARNING, logger="vistrace.volcano.loop"):
         log_path = run_volcano(llava, source, run_dir, max_new_tokens=MAX_NEW_TOKENS, timeout=5)
     log = read_log(run_dir)
     assert log_path == run_dir / "log.json"
@@ -203,7 +205,7 @@ def test_run_writes_skips_and_resumes(
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished instance was run again")
 
-    monkeypatch.setattr(volcano_module, "volcano_instance", must_not_run)
+    monkeypatch.setattr(attend_module, "volcano_instance", must_not_run)
     run_volcano(llava, source, run_dir, max_new_tokens=MAX_NEW_TOKENS, instance_idx=[0, 4], timeout=5)
     assert read_log(run_dir) == log
     with pytest.raises(ValueError, match="other settings"):

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
         load,
         volcano_loop,
     )
-    from vistrace.knockout import Pathway
-    from vistrace.pooling import register_pool
+    from vistrace.capture.pooling import register_pool
+    from vistrace.knockout.sweep import Pathway
     from vistrace.results import ImageAttention, KnockoutSweep
-    from vistrace.volcano import VolcanoResult
+    from vistrace.volcano.loop import VolcanoResult
 
 __version__ = "0.1.0"
 
@@ -41,11 +41,11 @@ _EXPORTS = {
     "VisionModel": "vistrace.api",
     "KnockoutSweep": "vistrace.results",
     "ImageAttention": "vistrace.results",
-    "VolcanoResult": "vistrace.volcano",
+    "VolcanoResult": "vistrace.volcano.loop",
     "PreparedPrompt": "vistrace.adapters",
-    "Pathway": "vistrace.knockout",
+    "Pathway": "vistrace.knockout.sweep",
     "register_adapter": "vistrace.adapters",
-    "register_pool": "vistrace.pooling",
+    "register_pool": "vistrace.capture.pooling",
 }
 
 __all__ = [

@@ -3,9 +3,9 @@
 import vistrace
 model = vistrace.load("demo:mllama")                  # a directory, a cached hub id, demo:…, tiny:…
 prompt = model.prompt(image, "What color is the circle?")
-sweep = vistrace.knockout(model, prompt, "red", pathways=["image_to_last"], window=9)
+sweep = vistrace.knockout.sweep(model, prompt, "red", pathways=["image_to_last"], window=9)
 sweep.plot(); sweep.to_frame(); sweep.save("sweep")
-attention = vistrace.capture(model, image, "What color is the circle?")
+attention = vistrace.capture.generate(model, image, "What color is the circle?")
 attention.plot_image(); attention.map(pool="top_k_mean")
 """
 
@@ -20,23 +20,23 @@ import torch
 from PIL import Image
 
 from vistrace.adapters import Adapter, PreparedPrompt
-from vistrace.builtin import resolve_model_dir
-from vistrace.capture import _context_length, _eos_ids
-from vistrace.capture import capture as capture_stage
+from vistrace.capture.generate import _context_length, _eos_ids
+from vistrace.capture.generate import capture as capture_stage
 from vistrace.hook.plan import KnockoutMode
-from vistrace.knockout import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, KnockoutRunner, Pathway
-from vistrace.lens import answer_probability_by_layer as by_layer
-from vistrace.loading import LoadedModel
-from vistrace.loading import load as load_checkpoint
+from vistrace.knockout.lens import answer_probability_by_layer as by_layer
+from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.builtin import resolve_model_dir
+from vistrace.models.loading import LoadedModel
+from vistrace.models.loading import load as load_checkpoint
 from vistrace.results import ImageAttention, KnockoutSweep
-from vistrace.volcano import VolcanoResult, volcano_instance
+from vistrace.volcano.loop import VolcanoResult, volcano_instance
 
 
 @dataclass(frozen=True)
 class VisionModel:
     """A loaded vision-language model with its processor and family adapter.
 
-    `loaded` is the lower-level `vistrace.loading.LoadedModel` that the batch commands use.
+    `loaded` is the lower-level `vistrace.models.loading.LoadedModel` that the batch commands use.
     """
 
     loaded: LoadedModel
@@ -155,7 +155,7 @@ def answer_probability_by_layer(
     model: VisionModel, prompt: PreparedPrompt, answer: str | Sequence[int], *, temperature: float = 1.0
 ) -> torch.Tensor:
     """(L, T) probability of each answer token read after every decoder layer through the model's own
-    final norm and head (a logit lens at the scored positions; `vistrace.lens`)."""
+    final norm and head (a logit lens at the scored positions; `vistrace.knockout.lens`)."""
     return by_layer(model.loaded, prompt, model.answer_tokens(answer), temperature=temperature)
 
 

@@ -11,11 +11,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from vistrace import compat
-from vistrace.adapters import PreparedPrompt
-from vistrace.hook import CaptureRecorder, Knockout, Plan, traced
+from vistrace.adapters import PreparedPrompt, traced
+from vistrace.hook import CaptureRecorder, Knockout, Plan
 from vistrace.hook.seam import SEAM_NAME, seam_attention
-from vistrace.knockout import PAPER_PATHWAYS, KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel
 from vistrace.roles import Role
 
 

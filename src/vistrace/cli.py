@@ -25,7 +25,7 @@ class _Commands(TyperGroup):
             self._report(error)
         except Exception as error:
             from vistrace.compat import TransformersContractError
-            from vistrace.datasets import DatasetError
+            from vistrace.data import DatasetError
 
             if not isinstance(error, (DatasetError, TransformersContractError)):
                 raise
@@ -115,8 +115,8 @@ def _load(
 ) -> Any:
     from safetensors import SafetensorError
 
-    from vistrace.builtin import resolve_model_dir
-    from vistrace.loading import load
+    from vistrace.models.builtin import resolve_model_dir
+    from vistrace.models.loading import load
 
     try:
         return load(
@@ -165,7 +165,7 @@ def tiny(
     seed: int = 0,
 ) -> None:
     """Write a tiny random checkpoint of FAMILY (for tests and trying commands)."""
-    from vistrace.tiny import write_tiny
+    from vistrace.models.tiny import write_tiny
 
     typer.echo(write_tiny(cast(Any, family), out, seed=seed))
 
@@ -198,9 +198,9 @@ def trace(
     limit: Annotated[int | None, typer.Option(help="Only the first N samples.")] = None,
 ) -> None:
     """Knockout sweep: block each pathway in sliding windows of k layers and score the answer."""
-    from vistrace.runs import ensure_folder
-    from vistrace.trace import check_trace_options
-    from vistrace.trace import trace as run_trace
+    from vistrace.runs.folder import ensure_folder
+    from vistrace.runs.trace import check_trace_options
+    from vistrace.runs.trace import trace as run_trace
 
     pathway_names = [p.strip() for p in pathways.split(",") if p.strip()]
     ks = _integers(k, "--k")
@@ -240,7 +240,7 @@ def export(
     ] = None,
 ) -> None:
     """Export trace results: one row per (id, pathway, k, mode) with p_full and per-layer probs."""
-    from vistrace.trace import export_results
+    from vistrace.runs.trace import export_results
 
     default = run_dir / ("results.export.jsonl" if format == "jsonl" else f"results.{format}")
     typer.echo(export_results(run_dir, out or default, format))
@@ -291,8 +291,8 @@ def attend(
     images: ImagesOption = None,
 ) -> None:
     """Generate (answer, feedback, revision) and record every token's attention to the image."""
-    from vistrace.runs import ensure_folder
-    from vistrace.volcano import run_volcano
+    from vistrace.runs.attend import run_volcano
+    from vistrace.runs.folder import ensure_folder
 
     indices = _integers(instance_idx, "--instance-idx") if instance_idx else None
     if max_new_tokens < 1:
@@ -337,9 +337,9 @@ def eval_command(
     vision_tower: VisionTowerOption = None,
 ) -> None:
     """Run the model over a dataset with the paper's prompts; predictions with their token ids."""
-    from vistrace.datasets import read_dataset
-    from vistrace.evaluate import DATASETS, evaluate
-    from vistrace.runs import ensure_folder
+    from vistrace.data import read_dataset
+    from vistrace.runs.evaluate import DATASETS, evaluate
+    from vistrace.runs.folder import ensure_folder
 
     if annotations is None:
         raise typer.BadParameter("--annotations is required (the dataset file)")
@@ -379,7 +379,7 @@ def score(
     anls_threshold: float = 0.5,
 ) -> None:
     """Overall and per-category scores with the official metrics (written as JSON and CSV)."""
-    from vistrace.scoring import score_run
+    from vistrace.runs.scoring import score_run
 
     table = score_run(
         run_dir, vqa_rule=cast(Any, vqa_rule), mc_rule=cast(Any, mc_rule), anls_threshold=anls_threshold
@@ -415,7 +415,7 @@ def build(
     anls_threshold: Annotated[float, typer.Option(help="ANLS threshold for score rules.")] = 0.5,
 ) -> None:
     """Keep the questions the model got right and sample a balanced analysis set."""
-    from vistrace.scoring import build_analysis_set
+    from vistrace.runs.scoring import build_analysis_set
 
     summary = build_analysis_set(
         run_dir,

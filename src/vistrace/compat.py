@@ -24,7 +24,7 @@ The contracts (`vistrace check` reports each; docs/compatibility.md says what br
 - cache update: a self-attention layer stores its new keys through `cache.update(k, v, layer_idx,
   …)` on the cache it was given (checked on every re-run);
 - decoder-layer arguments: the keyword arguments a model passes its decoder layers (see
-  `vistrace.rerun`), the attention mask among them a 4-d additive tensor;
+  `vistrace.knockout.rerun`), the attention mask among them a 4-d additive tensor;
 - final norm and head: `head(norm(h))` of the last layer's output reproduces the model's logits;
 - Mllama vision features: which encoder states `intermediate_layers_indices` picks
   (`vistrace.adapters.mllama_vision`);

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vistrace import scores
-from vistrace.capture import StageCapture
+from vistrace.capture.generate import StageCapture
+from vistrace.capture.pooling import pool_tokens, token_image_attention
+from vistrace.knockout import scores
 from vistrace.plots.attention_maps import feature_raster
-from vistrace.pooling import pool_tokens, token_image_attention
 
 
 def _axes(ax: Any) -> Any:
@@ -49,7 +49,7 @@ class KnockoutSweep:
     - `mode` (`strict` or `paper`), `strategy` (`fast` or `naive`): how it was computed.
     - `cross_attention_layers`: layers whose keys are image features (Mllama), for plots.
     - `token_probs`: (P, L, T) the per-token probabilities behind `probs`, `p_full_tokens`: (T,)
-      unblocked; any score of `vistrace.scores` is computed from them (`score`, `change`).
+      unblocked; any score of `vistrace.knockout.scores` is computed from them (`score`, `change`).
     """
 
     pathways: tuple[str, ...]
@@ -70,7 +70,7 @@ class KnockoutSweep:
         return int(self.probs.shape[1])
 
     def score(self, name: str = "product") -> tuple[torch.Tensor, torch.Tensor]:
-        """((P, L) blocked, () full) values of score `name` (`vistrace.scores`)."""
+        """((P, L) blocked, () full) values of score `name` (`vistrace.knockout.scores`)."""
         if name == "product":
             return self.probs, torch.tensor(self.p_full, dtype=torch.float64)
         if self.token_probs is None or self.p_full_tokens is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from vistrace.adapters.base import (
@@ -17,6 +19,8 @@ from vistrace.adapters.llava import LlavaAdapter
 from vistrace.adapters.llava_next import LLAVA_NEXT_ADAPTERS
 from vistrace.adapters.mllama import MllamaAdapter
 from vistrace.adapters.qwen2_vl import QWEN_ADAPTERS
+from vistrace.hook import Plan
+from vistrace.hook.traced import traced as traced_with
 
 _REGISTRY: dict[str, Adapter] = {}
 
@@ -55,6 +59,14 @@ def get_adapter(model_or_type: Any) -> Adapter:
     return adapter
 
 
+@contextlib.contextmanager
+def traced(model: Any, plan: Plan | None = None) -> Iterator[Any]:
+    """`vistrace.hook.traced` with the model's own adapter installing the family's hooks: the way
+    every vistrace computation routes a model through the seam."""
+    with traced_with(model, plan, hooks=get_adapter(model)) as traced_model:
+        yield traced_model
+
+
 register_adapter(LlavaAdapter())
 register_adapter(MllamaAdapter())
 for _adapter in (*QWEN_ADAPTERS, *LLAVA_NEXT_ADAPTERS, *IDEFICS3_ADAPTERS, INTERNVL_ADAPTER):
@@ -74,4 +86,5 @@ __all__ = [
     "get_adapter",
     "register_adapter",
     "supported_model_types",
+    "traced",
 ]

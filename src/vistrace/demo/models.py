@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from transformers.models.mllama.configuration_mllama import MllamaTextConfig, Ml
 
 from vistrace.adapters import Adapter
 from vistrace.adapters.mllama_vision import use_reference_vision_features
-from vistrace.datasets.prompts import vqav2_prompt
+from vistrace.data.prompts import vqav2_prompt
 from vistrace.demo.volcano_data import (
     DECISION_PROMPT,
     FEEDBACK_PROMPT,
@@ -50,14 +49,12 @@ from vistrace.demo.world import (
     make_split,
     render,
 )
-from vistrace.tiny import llava_config, llava_processor, mllama_processor
-from vistrace.tokenizer_build import LLAMA3_VISION_TEMPLATE, VICUNA_V1_TEMPLATE, build_tokenizer
-from vistrace.volcano import parse_decision
+from vistrace.models.builtin import DemoFamily
+from vistrace.models.tiny import llava_config, llava_processor, mllama_processor
+from vistrace.models.tokenizer_build import LLAMA3_VISION_TEMPLATE, VICUNA_V1_TEMPLATE, build_tokenizer
+from vistrace.volcano.loop import parse_decision
 
-DemoFamily = Literal["llava", "mllama"]
-DEMO_FAMILIES: tuple[DemoFamily, ...] = ("llava", "mllama")
 EVAL_SEED = 20240917
-MODELS_DIR = Path(__file__).resolve().parent / "models"
 IMAGE_SIZE = 64
 PATCH_SIZE = 16
 MAX_TILES = 2
@@ -207,31 +204,6 @@ def build_demo_model(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
-
-
-class DemoModelMissingError(FileNotFoundError):
-    """A demo checkpoint is not where the package expects it."""
-
-
-def package_model_dir(family: str) -> Path:
-    """Where the demo checkpoint of ``family`` lives inside the package (it may not exist yet)."""
-    if family not in DEMO_FAMILIES:
-        raise ValueError(f"unknown demo family {family!r}; choose one of {', '.join(DEMO_FAMILIES)}")
-    return MODELS_DIR / family
-
-
-def demo_model_dir(family: str) -> Path:
-    """The directory of the shipped demo checkpoint of ``family`` (``llava`` or ``mllama``).
-
-    Raises `DemoModelMissingError` when the checkpoint is missing, naming the command that trains it.
-    """
-    directory = package_model_dir(family)
-    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
-        raise DemoModelMissingError(
-            f"the {family} demo model is missing from {directory}; train it with "
-            f"`python -m vistrace.demo.train --family {family}`"
-        )
-    return directory
 
 
 def generate(

@@ -1,7 +1,7 @@
 """The pointing game: does a model's attention on the image peak on the shape its answer is about?
 
 For every question about exactly one shape (its `QA.target_boxes` holds one box), the model answers
-greedily with capture on (`vistrace.capture.capture`). The answer tokens' attention (T, L, H, N),
+greedily with capture on (`vistrace.capture.generate.capture`). The answer tokens' attention (T, L, H, N),
 the final EOS dropped, is pooled over heads and tokens by the mean and over the layers of one
 *layer group* by the mean, giving one value per image feature. The *peak* is the feature with the
 largest value among those that cover a region of the image (CLS and padding features excluded).
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vistrace.capture import capture
+from vistrace.capture.generate import capture
+from vistrace.capture.pooling import without_eos
 from vistrace.demo.world import Box, Sample, render
-from vistrace.loading import LoadedModel
-from vistrace.pooling import without_eos
+from vistrace.models.loading import LoadedModel
 
 GROUP_NAMES = ("early", "middle", "late")
 

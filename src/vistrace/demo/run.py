@@ -18,22 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from vistrace.attend_io import instance_dir, load_stages, read_log
-from vistrace.builtin import resolve_model_dir
-from vistrace.datasets import read_vqav2
+from vistrace.data import read_vqav2
 from vistrace.demo.pointing import format_pointing, pointing_game
 from vistrace.demo.world import COLOURS, COUNT_ANSWERS, KINDS, Sample, make_split
 from vistrace.demo.writers import question_ids, write_volcano_input, write_vqav2
-from vistrace.evaluate import evaluate, read_jsonl
-from vistrace.knockout import PAPER_PATHWAYS
-from vistrace.loading import LoadedModel, load
+from vistrace.knockout.sweep import PAPER_PATHWAYS
+from vistrace.models.builtin import resolve_model_dir
+from vistrace.models.loading import LoadedModel, load
 from vistrace.plots.attention import plot_avg_attention, plot_image_heatmap, plot_text_heatmap
 from vistrace.plots.attention_maps import strip_mark
 from vistrace.plots.flow import FlowOptions, change_percent, plot_flow
-from vistrace.scoring import build_analysis_set, is_correct, score_run
-from vistrace.store import read_records
-from vistrace.trace import trace
-from vistrace.volcano import run_volcano
+from vistrace.runs.attend import run_volcano
+from vistrace.runs.attend_io import instance_dir, load_stages, read_log
+from vistrace.runs.evaluate import evaluate, read_jsonl
+from vistrace.runs.scoring import build_analysis_set, is_correct, score_run
+from vistrace.runs.store import read_records
+from vistrace.runs.trace import trace
 
 log = logging.getLogger(__name__)
 

@@ -38,22 +38,20 @@ from transformers import MllamaProcessor
 
 from vistrace import compat
 from vistrace.adapters import Adapter, get_adapter
-from vistrace.datasets.prompts import vqav2_prompt
+from vistrace.data.prompts import vqav2_prompt
 from vistrace.demo.models import (
-    DEMO_FAMILIES,
     EVAL_SEED,
     IMAGE_SIZE,
     PATCH_SIZE,
     Architecture,
-    DemoFamily,
     build_demo_model,
     build_demo_tokenizer,
     evaluate_answers,
     evaluate_volcano,
-    package_model_dir,
 )
 from vistrace.demo.volcano_data import volcano_turns
 from vistrace.demo.world import COLOURS, KINDS, POSITIONS, QUESTION_KINDS, Sample, make_split, render
+from vistrace.models.builtin import DEMO_FAMILIES, DemoFamily, package_model_dir
 from vistrace.roles import render_prompt
 
 GRID = IMAGE_SIZE // PATCH_SIZE

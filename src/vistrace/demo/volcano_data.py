@@ -23,19 +23,8 @@ from vistrace.demo.world import (
     tokenize,
     vocabulary,
 )
+from vistrace.volcano.prompts import DECISION_PROMPT, FEEDBACK_PROMPT, REVISION_PROMPT
 
-FEEDBACK_PROMPT = (
-    "Generate the feedback given initial answer referring to question and image.\n"
-    "Question: {question}\nInitial answer: {outputs}"
-)
-REVISION_PROMPT = (
-    "Adjust the initial response considering the feedback and image.\n"
-    "Question: {question}\nInitial answer: {outputs}\nFeedback: {feedback}"
-)
-DECISION_PROMPT = (
-    "{question}\nA. {outputs}\nB. {revision}\n"
-    "Answer with the option's letter from the given choices directly."
-)
 STAGES: tuple[str, ...] = ("answer", "feedback", "revision", "decision")
 
 

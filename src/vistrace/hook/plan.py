@@ -7,13 +7,37 @@ import dataclasses
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
 from vistrace.roles import Role
 
 KnockoutMode = Literal["strict", "paper"]
+
+
+class PrefixAttention(Protocol):
+    """Attention of a re-run's rows over a shared key prefix followed by the call's own keys."""
+
+    @property
+    def length(self) -> int:
+        """P, the number of prefix keys."""
+        ...
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        blocked: torch.Tensor | None,
+        mode: str,
+        *,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output (B, Q, H, D), and weights (B, H, Q, P + K) float32 when `need_weights`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -83,10 +107,10 @@ class Plan:
     - `offset`: absolute position of the first query row of the current forward call.
     - `image_rows`: (B, S) bool, rows the processor lets see the image (Mllama's cross-attention
       mask); paper mode blocks the other rows of cross-attention layers instead of zeroing them.
-    - `prefix`: per layer, keys and values (1 or B, H_kv, P, D) of absolute positions 0 … P-1 that
-      come before the keys the attention module passes (all image keys of a cross-attention layer,
-      which then passes none). Lets a re-run of a few rows share the clean pass' keys across a batch
-      without copying them; the seam then computes every row of those layers in the open.
+    - `prefix`: per layer, the attention over keys of absolute positions 0 … P-1 that come before
+      the keys the attention module passes (all image keys of a cross-attention layer, which then
+      passes none). Lets a re-run of a few rows share the clean pass' keys across a batch without
+      copying them (`vistrace.knockout.attention.PrefixKV`).
     """
 
     cross_layers: frozenset[int] = frozenset()
@@ -95,7 +119,7 @@ class Plan:
     capture: CaptureRecorder | None = None
     offset: int = 0
     image_rows: torch.Tensor | None = None
-    prefix: Mapping[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    prefix: Mapping[int, PrefixAttention] | None = None
 
     def at_offset(self, offset: int) -> Plan:
         return dataclasses.replace(self, offset=offset)

@@ -16,8 +16,6 @@ from vistrace.hook.plan import Plan, active_plan
 from vistrace.roles import Role
 
 SEAM_NAME = "vistrace"
-# A re-run call with at least this many query rows goes through sdpa; fewer rows are cheaper in the open.
-_FUSED_ROWS = 16
 sdpa_attention_forward, repeat_kv = sdpa_functions()
 
 
@@ -72,21 +70,21 @@ def explicit_attention(
     key = repeat_kv(key, n_rep)
     value = repeat_kv(value, n_rep)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    weights = _weights(scores, attention_mask, blocked, mode)
+    weights = masked_weights(scores, attention_mask, blocked, mode)
     output = torch.matmul(weights.to(value.dtype), value)
     return output.transpose(1, 2).contiguous(), weights
 
 
-def _weights(
+def masked_weights(
     scores: torch.Tensor, attention_mask: torch.Tensor | None, blocked: torch.Tensor | None, mode: str
 ) -> torch.Tensor:
     """Softmax weights (float32) of raw scores (B, H, Q, K) under the additive mask and the block."""
-    scores, dead = _masked_scores(scores, attention_mask, blocked, mode)
+    scores, dead = masked_scores(scores, attention_mask, blocked, mode)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
     return weights if dead is None else torch.where(dead, 0.0, weights)
 
 
-def _masked_scores(
+def masked_scores(
     scores: torch.Tensor, attention_mask: torch.Tensor | None, blocked: torch.Tensor | None, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scores (B or 1, H or 1, Q, K) plus the additive mask, with the blocked entries (B, Q, K) taken out
@@ -107,81 +105,6 @@ def _masked_scores(
     if attention_mask is not None:
         allowed = allowed & (attention_mask > lowest / 2)
     return scores.masked_fill(~allowed, float("-inf")), ~allowed.any(dim=-1, keepdim=True)
-
-
-def prefixed_attention(
-    query: torch.Tensor,
-    parts: list[tuple[torch.Tensor, torch.Tensor]],
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    blocked: torch.Tensor | None,
-    mode: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over keys given in consecutive parts, each (1 or B, H_kv, K_i, D), in the open.
-
-    A part of batch 1 is shared by every query row of the batch and is never copied per batch element
-    or per head: query heads are grouped onto their key head and the batch folded into the rows. Same
-    masking as `explicit_attention`; returns output (B, Q, H, D) and weights (B, H, Q, K) float32.
-    """
-    batch, heads, q_len, dim = query.shape
-    kv_heads = parts[0][0].shape[1]
-    rows = heads // kv_heads * q_len
-    grouped = query.reshape(batch, kv_heads, rows, dim)
-    parts = [(k, v) for k, v in parts if k.shape[2] > 0]
-    scores = torch.cat([_grouped_product(grouped, k.transpose(2, 3)) for k, _ in parts], dim=-1)
-    scores = scores.reshape(batch, heads, q_len, -1) * scaling
-    weights = _weights(scores, attention_mask, blocked, mode)
-    grouped_weights = weights.view(batch, kv_heads, rows, weights.shape[-1])
-    output: torch.Tensor | None = None
-    offset = 0
-    for k, v in parts:
-        chunk = grouped_weights[..., offset : offset + k.shape[2]].to(v.dtype)
-        term = _grouped_product(chunk, v)
-        output = term if output is None else output + term
-        offset += k.shape[2]
-    assert output is not None
-    return output.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), weights
-
-
-def fused_prefixed_attention(
-    query: torch.Tensor,
-    parts: list[tuple[torch.Tensor, torch.Tensor]],
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    blocked: torch.Tensor | None,
-    mode: str,
-) -> torch.Tensor:
-    """`prefixed_attention` through sdpa, the block folded into the additive mask (no weights).
-
-    Gives the same numbers: in paper mode a blocked score x becomes x + lowest, clamped, which in the
-    open is lowest too (x is absorbed); in strict mode a blocked entry is -inf and a row left with
-    nothing to attend to is set to zero, as `explicit_attention` does. Faster than the open form
-    once a call has many query rows; the shared parts are expanded (copied) over the batch.
-    """
-    batch = query.shape[0]
-    keys = torch.cat([k.expand(batch, -1, -1, -1) for k, _ in parts], dim=2)
-    values = torch.cat([v.expand(batch, -1, -1, -1) for _, v in parts], dim=2)
-    mask: torch.Tensor | None = None
-    dead: torch.Tensor | None = None
-    if blocked is not None or attention_mask is not None:
-        zeros = torch.zeros(1, 1, query.shape[2], keys.shape[2], dtype=query.dtype, device=query.device)
-        mask, dead = _masked_scores(zeros, attention_mask, blocked, mode)
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query, keys, values, attn_mask=mask, scale=scaling, enable_gqa=True
-    )
-    if dead is not None:
-        output = torch.where(dead, 0.0, output)
-    return output.transpose(1, 2).contiguous()
-
-
-def _grouped_product(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """left (B, H, M, N) @ right (1 or B, H, N, P) → (B, H, M, P); a shared `right` is not copied."""
-    if right.shape[0] == left.shape[0]:
-        return torch.matmul(left, right)
-    batch, heads, rows, inner = left.shape
-    folded = left.transpose(0, 1).reshape(heads, batch * rows, inner)
-    product = torch.matmul(folded, right[0])
-    return product.view(heads, batch, rows, -1).transpose(0, 1)
 
 
 def _last_row_weights(
@@ -224,14 +147,12 @@ def seam_attention(
     last_row: torch.Tensor | None = None
     if prefix is not None:
         # A re-run of a few rows: keys = the shared prefix, then this call's own keys.
-        k_len = prefix[0].shape[2] + key.shape[2]
+        k_len = prefix.length + key.shape[2]
         blocked = blocked_entries(plan, layer, query.shape[2], k_len, query.device)
-        parts = [prefix, (key, value)]
-        if query.shape[2] >= _FUSED_ROWS and not wants_capture:
-            output = fused_prefixed_attention(query, parts, attention_mask, scale, blocked, plan.mode)
-        else:
-            output, weights = prefixed_attention(query, parts, attention_mask, scale, blocked, plan.mode)
-            last_row = weights[:, :, -1] if wants_capture else None
+        output, weights = prefix.attend(
+            query, key, value, attention_mask, scale, blocked, plan.mode, need_weights=wants_capture
+        )
+        last_row = weights[:, :, -1] if wants_capture and weights is not None else None
     else:
         blocked = blocked_entries(plan, layer, query.shape[2], key.shape[2], query.device)
         output, _ = sdpa_attention_forward(

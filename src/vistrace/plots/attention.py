@@ -3,7 +3,7 @@
 - `plot_avg_attention` (the paper's Figure 5): the map of Initial vs Feedback averaged over the
   instances whose revision was adopted, one shared colour scale.
 - `plot_text_heatmap` (Figure 4, step 2): the initial answer and the feedback, each token coloured by
-  its attention to the image (`vistrace.pooling.token_image_attention`), as PNG/PDF and HTML.
+  its attention to the image (`vistrace.capture.pooling.token_image_attention`), as PNG/PDF and HTML.
 - `plot_image_heatmap` (Figure 4, step 3): Initial (all tokens), Feedback (all tokens) and one panel
   per selected span of feedback tokens, as bare feature grids and as overlays on the image, one
   colour scale clipped at the 0.995 quantile.
@@ -30,8 +30,8 @@ from matplotlib import colors
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from vistrace.attend_io import instance_dir, load_preview, load_stages, read_log, read_record
-from vistrace.capture import StageCapture
+from vistrace.capture.generate import StageCapture
+from vistrace.capture.pooling import shared_top_l, token_image_attention, tokens_top_l_mean
 from vistrace.plots.attention_maps import (
     feature_raster,
     find_span,
@@ -42,7 +42,7 @@ from vistrace.plots.attention_maps import (
     stage_map,
     token_maps,
 )
-from vistrace.pooling import shared_top_l, token_image_attention, tokens_top_l_mean
+from vistrace.runs.attend_io import instance_dir, load_preview, load_stages, read_log, read_record
 
 logger = logging.getLogger(__name__)
 

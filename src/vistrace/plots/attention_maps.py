@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from vistrace.adapters import Geometry
-from vistrace.capture import StageCapture
-from vistrace.pooling import pool_map, pool_tokens, without_eos
+from vistrace.capture.generate import StageCapture
+from vistrace.capture.pooling import pool_map, pool_tokens, without_eos
 
 LEADING_SPACE_MARKS = ("Ġ", "▁")
 NORMALIZED_SIZE = 96

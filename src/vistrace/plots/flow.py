@@ -13,7 +13,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vistrace.trace import read_results
+from vistrace.runs.trace import read_results
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,17 @@ from typing import Any
 import numpy as np
 
 from vistrace.adapters.base import Geometry
-from vistrace.attend_io import load_preview, load_stages, read_log, read_record
-from vistrace.capture import StageCapture
+from vistrace.capture.generate import StageCapture
+from vistrace.capture.pooling import pool_tokens, token_image_attention
 from vistrace.plots.attention_maps import NORMALIZED_SIZE, normalized_raster, stage_map, strip_mark
-from vistrace.pooling import pool_tokens, token_image_attention
+from vistrace.runs.attend_io import load_preview, load_stages, read_log, read_record
 
 from .encode import image_data_uri, quantize_rows, rounded
 
 log = logging.getLogger(__name__)
 
 POOLS: tuple[str, ...] = ("top_k_mean", "mean", "max")
-"""Head poolings precomputed for every token (:data:`vistrace.pooling.LAYER_HEAD_POOLS`)."""
+"""Head poolings precomputed for every token (:data:`vistrace.capture.pooling.LAYER_HEAD_POOLS`)."""
 TOP_K = 3
 
 
@@ -139,7 +139,7 @@ def _figure5(
 
 def attend_section(run: Path, pools: Sequence[str] = POOLS, layer_groups: int = 0) -> dict[str, Any]:
     """Everything the page shows of the attention run in `run` (see module docstring), with per-token
-    maps for each head pooling of `pools` (names of :data:`vistrace.pooling.LAYER_HEAD_POOLS`) over
+    maps for each head pooling of `pools` (names of :data:`vistrace.capture.pooling.LAYER_HEAD_POOLS`) over
     all captured layers and, when `layer_groups` ≥ 2, over each of that many runs of layers."""
     if not pools:
         raise ValueError("give at least one head pooling, e.g. top_k_mean")

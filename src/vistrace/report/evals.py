@@ -1,5 +1,5 @@
 """The data of an evaluation (`eval`) run for the report: the score per category under the
-dataset's metric (:func:`vistrace.scoring.score_record`) and the predictions that missed."""
+dataset's metric (:func:`vistrace.runs.scoring.score_record`) and the predictions that missed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from PIL import Image
 
-from vistrace.evaluate import CONFIG_FILE, PREDICTIONS_FILE, read_jsonl
-from vistrace.scoring import metric_name, record_categories, score_record
+from vistrace.runs.evaluate import CONFIG_FILE, PREDICTIONS_FILE, read_jsonl
+from vistrace.runs.scoring import metric_name, record_categories, score_record
 
 from .encode import image_data_uri, rounded
 
@@ -35,7 +35,7 @@ def _thumbnail(path: Any) -> str | None:
 def eval_section(run: Path) -> dict[str, Any]:
     """Scores per category (`overall` first) and the mistakes (score below 1) of the run in `run`.
 
-    Scores are computed with the default rules of :func:`vistrace.scoring.score_run`; nothing is
+    Scores are computed with the default rules of :func:`vistrace.runs.scoring.score_run`; nothing is
     written into the run folder."""
     records = list({str(r["id"]): r for r in read_jsonl(run / PREDICTIONS_FILE)}.values())
     config_path = run / CONFIG_FILE

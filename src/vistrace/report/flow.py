@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vistrace.images import ImageError, open_image, resolve_image
-from vistrace.runs import CONFIG_FILE
-from vistrace.store import read_records
+from vistrace.runs.folder import CONFIG_FILE
+from vistrace.runs.store import read_records
 
 from .encode import image_data_uri, rounded
 

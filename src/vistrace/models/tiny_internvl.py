@@ -35,7 +35,7 @@ from transformers import (
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
 from vistrace.adapters.qwen2_vl import image_only_processor_class
-from vistrace.tiny_qwen import build_qwen_tokenizer
+from vistrace.models.tiny_qwen import build_qwen_tokenizer
 
 # The named InternVL tokens of the `-hf` tokenizer configs (`extra_special_tokens`).
 INTERNVL_NAMED_TOKENS: dict[str, str] = {

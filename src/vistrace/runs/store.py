@@ -1,4 +1,4 @@
-"""Resumable JSON-lines result files keyed by a tuple of fields (on top of :mod:`vistrace.runs`).
+"""Resumable JSON-lines result files keyed by a tuple of fields (on top of :mod:`vistrace.runs.folder`).
 
 Each record is one line, written whole and fsynced. A run killed mid-write leaves at most one
 partial last line; opening the file again drops it, so a re-run neither loses nor duplicates work.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vistrace.runs import append_jsonl, read_jsonl, repair_tail
+from vistrace.runs.folder import append_jsonl, read_jsonl, repair_tail
 
 __all__ = ["JsonlStore", "read_records"]
 

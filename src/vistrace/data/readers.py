@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vistrace.datasets._records import (
+from vistrace.data._records import (
     BadRecord,
     Collector,
     as_id,
@@ -28,7 +28,7 @@ from vistrace.datasets._records import (
     require,
     require_dict,
 )
-from vistrace.datasets.example import DatasetError, Example, ReadResult
+from vistrace.data.example import DatasetError, Example, ReadResult
 from vistrace.images import resolve_image
 
 __all__ = [

@@ -7,7 +7,7 @@ its evaluation script marks the prediction correct and its dataset script keeps 
   ten annotators' answers; the question is kept when all ten equal the prediction
   (``perc_matches == 1.0``). ``tracing_information_flow/create_vqa.py`` keeps every such question.
 - Visual7W — ``eval/eval_visual7w.py``: kept when ``re.sub('[^a-z0-9]', '', s.lower())`` of the
-  prediction equals that of the correct answer (:func:`vistrace.metrics.mc_accuracy`, rule
+  prediction equals that of the correct answer (:func:`vistrace.data.metrics.mc_accuracy`, rule
   ``paper``); ``create_visual7w.py`` keeps every such question.
 - DocVQA — ``eval/eval_docvqa.py`` keeps a question whose best ``NLS`` over the answers is > 0
   and stores it rounded to 4 digits as ``anls_score``; ``create_docvqa.py`` then keeps only
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
-from vistrace.metrics import levenshtein, mc_accuracy
+from vistrace.data.metrics import levenshtein, mc_accuracy
 
 __all__ = [
     "PAPER_DATASETS",

@@ -286,7 +286,7 @@ def vqa_all_agree(prediction: str, answers: Sequence[str], *, always_normalize: 
 
     This is ``vistrace build``'s ``all_agree`` rule: "all ten annotators agree" as the official
     metric processes the answers (so ``"Yes"`` does not agree with ten ``"yes"``). The paper's own
-    rule lower-cases first: :func:`vistrace.paper_rules.paper_vqa_kept`. Raises ValueError when
+    rule lower-cases first: :func:`vistrace.data.paper_rules.paper_vqa_kept`. Raises ValueError when
     ``answers`` is empty.
     """
     res, gts = _vqa_processed(prediction, answers, always_normalize)

@@ -20,11 +20,11 @@ from typing import Any, Literal
 import torch
 
 from vistrace import compat
-from vistrace.adapters import Adapter, PreparedPrompt
-from vistrace.hook import Knockout, Plan, traced
+from vistrace.adapters import Adapter, PreparedPrompt, traced
+from vistrace.hook import Knockout, Plan
 from vistrace.hook.plan import KnockoutMode
-from vistrace.loading import LoadedModel
-from vistrace.rerun import CleanPass, RowState, clean_pass, rerun
+from vistrace.knockout.rerun import CleanPass, RowState, clean_pass, rerun
+from vistrace.models.loading import LoadedModel
 from vistrace.roles import Role, paper_roles, with_answer
 
 Strategy = Literal["fast", "naive"]
@@ -64,7 +64,7 @@ class KnockoutResult:
     tokens. `layer_evaluations` counts decoder-layer × token evaluations spent (text decoder only).
 
     The per-token probabilities behind them, from which any score can be recomputed
-    (`vistrace.scores`): `p_full_tokens[i]` of answer token i unblocked, `token_probs[p][l][i]`
+    (`vistrace.knockout.scores`): `p_full_tokens[i]` of answer token i unblocked, `token_probs[p][l][i]`
     blocked."""
 
     p_full: float

@@ -26,7 +26,8 @@ import torch
 
 from vistrace import compat
 from vistrace.adapters import Adapter
-from vistrace.hook.plan import Knockout, Plan, use_plan
+from vistrace.hook.plan import Knockout, Plan, PrefixAttention, use_plan
+from vistrace.knockout.attention import PrefixKV
 
 # Arguments a re-run passes itself (besides the cache, under the name the layer takes it).
 _REPLACED_ARGUMENTS = {"hidden_states", "use_cache"}
@@ -233,10 +234,10 @@ def rerun(
     if list(first_layers) != sorted(first_layers):
         raise ValueError("windows must be ordered by their first layer")
     shared = reused.first if reused is not None else start
-    prefix = {
-        i: (clean.keys[i], clean.values[i])
+    prefix: dict[int, PrefixAttention] = {
+        i: PrefixKV(clean.keys[i], clean.values[i])
         if i in cross_layers
-        else (clean.keys[i][:, :, :shared], clean.values[i][:, :, :shared])
+        else PrefixKV(clean.keys[i][:, :, :shared], clean.values[i][:, :, :shared])
         for i in range(first_layers[0], len(layers))
     }
     empty = {

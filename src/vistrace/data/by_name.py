@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vistrace.datasets.example import DatasetError, ReadResult
-from vistrace.datasets.generic import read_json_records
-from vistrace.datasets.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
+from vistrace.data.example import DatasetError, ReadResult
+from vistrace.data.generic import read_json_records
+from vistrace.data.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
 
 __all__ = ["JSONL_MAPPING", "READERS", "read_dataset"]
 

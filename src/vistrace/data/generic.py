@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from vistrace.datasets._records import (
+from vistrace.data._records import (
     BadRecord,
     Collector,
     as_id,
@@ -23,7 +23,7 @@ from vistrace.datasets._records import (
     require,
     require_dict,
 )
-from vistrace.datasets.example import DatasetError, Example, ReadResult
+from vistrace.data.example import DatasetError, Example, ReadResult
 
 __all__ = ["MAPPING_FIELDS", "read_hf_disk", "read_json_records", "records_to_examples"]
 

@@ -1,6 +1,6 @@
 """Score an evaluation run and build the correct-answer set that the knockout trace reads.
 
-:func:`score_run` reads ``<run>/predictions.jsonl`` (written by :func:`vistrace.evaluate.evaluate`)
+:func:`score_run` reads ``<run>/predictions.jsonl`` (written by :func:`vistrace.runs.evaluate.evaluate`)
 and writes ``scores.json`` and ``scores.csv``; :func:`build_analysis_set` writes the trace input
 JSONL and its ``.summary.json``. Definitions are in ``docs/datasets.md`` and ``docs/metrics.md``.
 """
@@ -17,10 +17,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vistrace.evaluate import PREDICTIONS_FILE, SKIPPED_FILE
-from vistrace.metrics import anls, exact_match, mc_accuracy, vqa_accuracy, vqa_all_agree
-from vistrace.paper_rules import PAPER_DATASETS, paper_docvqa_kept, paper_visual7w_kept, paper_vqa_kept
-from vistrace.runs import check_writable_target, iter_jsonl, read_config, read_jsonl, write_atomic, write_json
+from vistrace.data.metrics import anls, exact_match, mc_accuracy, vqa_accuracy, vqa_all_agree
+from vistrace.data.paper_rules import PAPER_DATASETS, paper_docvqa_kept, paper_visual7w_kept, paper_vqa_kept
+from vistrace.runs.evaluate import PREDICTIONS_FILE, SKIPPED_FILE
+from vistrace.runs.folder import (
+    check_writable_target,
+    iter_jsonl,
+    read_config,
+    read_jsonl,
+    write_atomic,
+    write_json,
+)
 
 __all__ = [
     "PAPER_CATEGORY_ORDER",
@@ -66,9 +73,9 @@ def score_record(
 ) -> float | None:
     """The score in [0, 1] of one prediction record, None when it has no reference answer.
 
-    VQAv2: :func:`~vistrace.metrics.vqa_accuracy`; DocVQA: :func:`~vistrace.metrics.anls`;
-    Visual7W: :func:`~vistrace.metrics.mc_accuracy` against the correct answer (``answers[0]``);
-    other datasets: ``exact_match``, the best :func:`~vistrace.metrics.exact_match` over the
+    VQAv2: :func:`~vistrace.data.metrics.vqa_accuracy`; DocVQA: :func:`~vistrace.data.metrics.anls`;
+    Visual7W: :func:`~vistrace.data.metrics.mc_accuracy` against the correct answer (``answers[0]``);
+    other datasets: ``exact_match``, the best :func:`~vistrace.data.metrics.exact_match` over the
     reference answers (letters and digits of every script compared, case-folded).
     """
     if vqa_rule not in ("official", "always_normalize"):
@@ -97,12 +104,12 @@ def is_correct(
 ) -> bool:
     """Whether a prediction record belongs to the correct set under ``rule``.
 
-    - ``"paper"``: the FlowTracker code's test (:mod:`vistrace.paper_rules`): VQAv2
-      :func:`~vistrace.paper_rules.paper_vqa_kept`, Visual7W
-      :func:`~vistrace.paper_rules.paper_visual7w_kept`, DocVQA
-      :func:`~vistrace.paper_rules.paper_docvqa_kept`; refused for other datasets;
+    - ``"paper"``: the FlowTracker code's test (:mod:`vistrace.data.paper_rules`): VQAv2
+      :func:`~vistrace.data.paper_rules.paper_vqa_kept`, Visual7W
+      :func:`~vistrace.data.paper_rules.paper_visual7w_kept`, DocVQA
+      :func:`~vistrace.data.paper_rules.paper_docvqa_kept`; refused for other datasets;
     - ``"all_agree"`` (VQAv2 only): every annotator's answer equals the prediction
-      (:func:`~vistrace.metrics.vqa_all_agree`, processed as ``vqa_rule`` says);
+      (:func:`~vistrace.data.metrics.vqa_all_agree`, processed as ``vqa_rule`` says);
     - ``"score>X"`` / ``"score>=X"``: :func:`score_record` compared with ``X``.
 
     A record without generated tokens or without reference answers is never correct.

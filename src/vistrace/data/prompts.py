@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from vistrace.datasets.example import Example
+from vistrace.data.example import Example
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",

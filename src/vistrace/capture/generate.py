@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vistrace.adapters import Geometry
-from vistrace.hook import CaptureRecorder, Plan, traced
-from vistrace.loading import LoadedModel
+from vistrace.adapters import Geometry, traced
+from vistrace.hook import CaptureRecorder, Plan
+from vistrace.models.loading import LoadedModel
 
 Conversation = Sequence[Mapping[str, Any]]
 PromptLike = str | Conversation

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from vistrace import compat
-from vistrace.adapters import PreparedPrompt
-from vistrace.hook import Plan, traced
-from vistrace.loading import LoadedModel
+from vistrace.adapters import PreparedPrompt, traced
+from vistrace.hook import Plan
+from vistrace.models.loading import LoadedModel
 
 
 def answer_probability_by_layer(

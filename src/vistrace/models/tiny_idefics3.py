@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
 
-from vistrace.tokenizer_build import build_tokenizer
+from vistrace.models.tokenizer_build import build_tokenizer
 
 # The added tokens of the Idefics3 tokenizer (`added_tokens.json` of Idefics3-8B-Llama3).
 IDEFICS3_SPECIAL_TOKENS: tuple[str, ...] = (

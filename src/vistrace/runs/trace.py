@@ -20,10 +20,10 @@ from tqdm import tqdm
 from vistrace import __version__
 from vistrace.hook.plan import KnockoutMode
 from vistrace.images import ImageError, open_image, resolve_image
-from vistrace.knockout import KnockoutRunner, Pathway
-from vistrace.loading import LoadedModel
-from vistrace.runs import check_writable_target, iter_jsonl, open_run, write_atomic
-from vistrace.store import JsonlStore
+from vistrace.knockout.sweep import KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel
+from vistrace.runs.folder import check_writable_target, iter_jsonl, open_run, write_atomic
+from vistrace.runs.store import JsonlStore
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def check_trace_options(
 
     The command line checks them before the model loads (`n_layers` None) and again with the
     model's layer count; :func:`trace` itself accepts a window wider than the model (clipped at the
-    edges, :func:`vistrace.knockout.window_layers`)."""
+    edges, :func:`vistrace.knockout.sweep.window_layers`)."""
     if mode not in ("strict", "paper"):
         raise ValueError(f"--mode {mode!r}: choose strict or paper")
     if strategy not in ("fast", "naive"):
@@ -214,7 +214,7 @@ def trace(
     failures to `out_dir/skipped.jsonl`. Finished (sample, pathway, k) records are not redone.
     A relative `image` is resolved against `images_dir`, else the folder of `data_file`.
 
-    The run folder (:func:`vistrace.runs.open_run`) records the model, dtype, mode, temperature and
+    The run folder (:func:`vistrace.runs.folder.open_run`) records the model, dtype, mode, temperature and
     data file in `config.json`; a resume with other ones is refused, as is a second process."""
     data_path = Path(data_file)
     parsed = check_trace_options(

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
+
+DemoFamily = Literal["llava", "mllama"]
+DEMO_FAMILIES: tuple[DemoFamily, ...] = ("llava", "mllama")
+# The shipped demo checkpoints: data files of the `vistrace.demo` package.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "demo" / "models"
 
 
 def cache_dir() -> Path:
@@ -11,10 +17,10 @@ def cache_dir() -> Path:
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A checkpoint directory for `model`: a path, `tiny:<family>` (any of `vistrace.tiny.FAMILIES`)
+    """A checkpoint directory for `model`: a path, `tiny:<family>` (any of `vistrace.models.tiny.FAMILIES`)
     or `demo:llava|mllama`."""
     if model.startswith("tiny:"):
-        from vistrace.tiny import FAMILIES, write_tiny
+        from vistrace.models.tiny import FAMILIES, write_tiny
 
         family = model.split(":", 1)[1]
         if family not in FAMILIES:
@@ -24,8 +30,6 @@ def resolve_model_dir(model: str) -> Path:
             write_tiny(family, target)
         return target
     if model.startswith("demo:"):
-        from vistrace.demo.models import demo_model_dir
-
         return demo_model_dir(model.split(":", 1)[1])
     path = Path(model).expanduser()
     if path.exists() or not _looks_like_hub_id(model):
@@ -54,3 +58,28 @@ def _cached_snapshot(repo_id: str) -> Path:
             f"{repo_id}: not a directory, and not in the local Hugging Face cache "
             f"({cache or 'the default cache'}); download it first (huggingface-cli download {repo_id})"
         ) from None
+
+
+class DemoModelMissingError(FileNotFoundError):
+    """A demo checkpoint is not where the package expects it."""
+
+
+def package_model_dir(family: str) -> Path:
+    """Where the demo checkpoint of ``family`` lives inside the package (it may not exist yet)."""
+    if family not in DEMO_FAMILIES:
+        raise ValueError(f"unknown demo family {family!r}; choose one of {', '.join(DEMO_FAMILIES)}")
+    return MODELS_DIR / family
+
+
+def demo_model_dir(family: str) -> Path:
+    """The directory of the shipped demo checkpoint of ``family`` (``llava`` or ``mllama``).
+
+    Raises `DemoModelMissingError` when the checkpoint is missing, naming the command that trains it.
+    """
+    directory = package_model_dir(family)
+    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
+        raise DemoModelMissingError(
+            f"the {family} demo model is missing from {directory}; train it with "
+            f"`python -m vistrace.demo.train --family {family}`"
+        )
+    return directory

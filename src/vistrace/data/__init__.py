@@ -1,7 +1,7 @@
 """Dataset readers (VQAv2, Visual7W, DocVQA, MMHal-Bench, JSON/JSONL, HF on disk) and the paper's prompts."""
 
-from vistrace.datasets.by_name import READERS, read_dataset
-from vistrace.datasets.example import (
+from vistrace.data.by_name import READERS, read_dataset
+from vistrace.data.example import (
     DatasetError,
     Example,
     ReadResult,
@@ -9,8 +9,8 @@ from vistrace.datasets.example import (
     load_image,
     resolve_image_path,
 )
-from vistrace.datasets.generic import read_hf_disk, read_json_records
-from vistrace.datasets.prompts import (
+from vistrace.data.generic import read_hf_disk, read_json_records
+from vistrace.data.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
     docvqa_prompt,
     example_prompt,
@@ -18,7 +18,7 @@ from vistrace.datasets.prompts import (
     visual7w_prompt,
     vqav2_prompt,
 )
-from vistrace.datasets.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
+from vistrace.data.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",

@@ -58,7 +58,7 @@ def load(
     with a structure its adapter does not know, is refused before the weights are read.
     """
     from vistrace.compat import auto_classes
-    from vistrace.llava_original import is_original_llava, load_original_llava
+    from vistrace.models.llava_original import is_original_llava, load_original_llava
 
     directory = Path(path)
     if not (directory / "config.json").is_file():

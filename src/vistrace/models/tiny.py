@@ -28,11 +28,11 @@ from transformers import (
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
 
-from vistrace.tiny_idefics3 import write_tiny_idefics3
-from vistrace.tiny_internvl import write_tiny_internvl
-from vistrace.tiny_llava_next import write_tiny_llava_next, write_tiny_llava_onevision
-from vistrace.tiny_qwen import QWEN_FAMILIES, write_tiny_qwen
-from vistrace.tokenizer_build import (
+from vistrace.models.tiny_idefics3 import write_tiny_idefics3
+from vistrace.models.tiny_internvl import write_tiny_internvl
+from vistrace.models.tiny_llava_next import write_tiny_llava_next, write_tiny_llava_onevision
+from vistrace.models.tiny_qwen import QWEN_FAMILIES, write_tiny_qwen
+from vistrace.models.tokenizer_build import (
     LLAMA3_VISION_TEMPLATE,
     VICUNA_V1_TEMPLATE,
     build_tokenizer,

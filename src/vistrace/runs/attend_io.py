@@ -34,9 +34,9 @@ from typing import Any
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vistrace import runs
-from vistrace.capture import StageCapture
+from vistrace.capture.generate import StageCapture
 from vistrace.images import decode, open_image, resolve_image, to_rgb
+from vistrace.runs import folder as runs
 
 ATTENTION_FILE = "attention.safetensors"
 IMAGE_FILE = "image.png"
@@ -193,7 +193,7 @@ def load_image(
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented UTF-8 JSON, atomically (:func:`vistrace.runs.write_json`)."""
+    """Write `data` as indented UTF-8 JSON, atomically (:func:`vistrace.runs.folder.write_json`)."""
     runs.write_json(path, data, indent=2)
 
 

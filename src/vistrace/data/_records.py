@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from vistrace.datasets.example import DatasetError, Example, ReadResult, Skipped
+from vistrace.data.example import DatasetError, Example, ReadResult, Skipped
 from vistrace.images import image_base, resolve_image
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")

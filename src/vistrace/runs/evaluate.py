@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from vistrace import __version__
-from vistrace.datasets import (
+from vistrace.data import (
     DEFAULT_MAX_NEW_TOKENS,
     DatasetError,
     Example,
@@ -36,10 +36,10 @@ from vistrace.datasets import (
     example_prompt,
     load_image,
 )
-from vistrace.loading import LoadedModel
+from vistrace.models.loading import LoadedModel
 from vistrace.roles import Prompt, render_prompt
-from vistrace.runs import ConfigMismatchError, open_run, read_jsonl, repair_tail
-from vistrace.trace import special_token_problem
+from vistrace.runs.folder import ConfigMismatchError, open_run, read_jsonl, repair_tail
+from vistrace.runs.trace import special_token_problem
 
 __all__ = ["ConfigMismatchError", "EvalSummary", "build_prompt", "evaluate", "read_jsonl", "run_config"]
 
@@ -343,7 +343,7 @@ def evaluate(
     records the reader skipped (``ReadResult.skipped``), written to ``skipped.jsonl`` and counted
     as skipped so that the file and the summary account for every record of the dataset.
     ``source``: the dataset file, recorded in ``config.json`` so that a resume on another file is
-    refused. The folder is locked while the run writes (:func:`vistrace.runs.open_run`).
+    refused. The folder is locked while the run writes (:func:`vistrace.runs.folder.open_run`).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")

@@ -28,8 +28,8 @@ from transformers import (
 )
 
 from vistrace.adapters.qwen2_vl import image_only_processor_class
-from vistrace.tiny_qwen import build_qwen_tokenizer
-from vistrace.tokenizer_build import build_tokenizer
+from vistrace.models.tiny_qwen import build_qwen_tokenizer
+from vistrace.models.tokenizer_build import build_tokenizer
 
 # The chat template of llava-hf/llava-v1.6-vicuna-7b-hf (its chat_template.json).
 LLAVA_NEXT_VICUNA_TEMPLATE = (
@@ -109,8 +109,8 @@ def write_tiny_llava_next(
     One tile gives (image_size / patch_size)² features (9 by default); an image gives the base tile,
     the unpadded anyres grid (up to 2×2 tiles) and one newline feature per grid row.
     """
-    # Imported here: `vistrace.tiny` imports this module for its family dispatch.
-    from vistrace.tiny import _CORPUS, _randomize
+    # Imported here: `vistrace.models.tiny` imports this module for its family dispatch.
+    from vistrace.models.tiny import _CORPUS, _randomize
 
     out = Path(out_dir)
     tokenizer = build_tokenizer(_CORPUS, style="llama2", vocab_size=300, extra_special_tokens=["<image>"])
@@ -199,7 +199,7 @@ def write_tiny_llava_onevision(
     With 4 features per tile, anyres_max_9 shrinks an unpadded grid of more than 1.1² × 36 features
     (a 4 × 4-tile canvas: 8 × 8) before the newlines are added.
     """
-    from vistrace.tiny import _randomize
+    from vistrace.models.tiny import _randomize
 
     out = Path(out_dir)
     tokenizer = build_qwen_tokenizer()
