@@ -32,3 +32,13 @@ def scene_image(width: int = 48, height: int = 32) -> Image.Image:
     draw.rectangle([2, 2, width // 3, height // 3], fill=(220, 20, 20))
     draw.rectangle([width // 2, height // 2, width - 3, height - 3], fill=(20, 20, 220))
     return image
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need CUDA: on a machine without it they are skipped, with the reason."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -14,6 +14,8 @@ from vistrace.knockout.sweep import KnockoutRunner, Pathway
 
 from .conftest import scene_image
 
+pytestmark = [pytest.mark.integration, pytest.mark.contract]
+
 matplotlib.use("Agg")
 
 

@@ -17,6 +17,8 @@ import vistrace.hook.seam as seam
 from vistrace.cli import app
 from vistrace.models.tiny import FAMILIES
 
+pytestmark = [pytest.mark.integration, pytest.mark.contract]
+
 CHECKS = (
     "empty plan == model output",
     "causality (explicit path)",

@@ -11,10 +11,12 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.test_llava_original import _original_config, _write_checkpoint, original_weights, tower_dir
+from tests.models.test_llava_original import _original_config, _write_checkpoint, original_weights, tower_dir
 from vistrace.cli import app
 from vistrace.models import loading
 from vistrace.runs.evaluate import read_jsonl
+
+pytestmark = [pytest.mark.integration]
 
 __all__ = ["original_weights", "tower_dir"]  # fixtures shared with test_llava_original
 

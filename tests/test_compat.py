@@ -19,6 +19,8 @@ from vistrace.models.tiny import FAMILIES
 
 from .conftest import scene_image
 
+pytestmark = [pytest.mark.integration, pytest.mark.contract]
+
 
 def _self_attention_layer(loaded: LoadedModel) -> type[torch.nn.Module]:
     """The class of the language model's first self-attention decoder layer."""

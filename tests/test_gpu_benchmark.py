@@ -14,6 +14,8 @@ import torch
 
 from vistrace.adapters import get_adapter
 
+pytestmark = [pytest.mark.integration]
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

@@ -17,6 +17,8 @@ from vistrace.runs.attend_io import Instance
 from vistrace.runs.attend_io import load_image as attend_load_image
 from vistrace.runs.trace import _open_image
 
+pytestmark = [pytest.mark.unit]
+
 RED, GREEN, BLUE = (200, 0, 0), (0, 200, 0), (0, 0, 200)
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.unit]
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vistrace"
 
 # Bottom to top. A module may import its own unit and any unit of a lower layer, nothing else.

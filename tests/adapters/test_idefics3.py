@@ -1,0 +1,151 @@
+"""Idefics3 on a tiny offline checkpoint: loading, frame roles, geometry and the seam proofs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from transformers import AutoModelForImageTextToText
+
+from vistrace.adapters import register_adapter
+from vistrace.adapters.idefics3 import IDEFICS3_ADAPTERS
+from vistrace.capture.generate import capture
+from vistrace.check import run_checks
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny_idefics3 import write_tiny_idefics3
+from vistrace.roles import Role
+
+from ..conftest import scene_image
+
+pytestmark = [pytest.mark.integration]
+
+QUESTION = "What color is the circle?"
+PATHWAYS = [Pathway.parse(p) for p in PAPER_PATHWAYS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for adapter in IDEFICS3_ADAPTERS:
+        register_adapter(adapter, replace=True)
+    return write_tiny_idefics3(tmp_path_factory.mktemp("idefics3") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint: Path) -> LoadedModel:
+    return load(checkpoint)
+
+
+def test_loads_offline_with_the_family_classes(loaded: LoadedModel) -> None:
+    assert type(loaded.model).__name__ == "Idefics3ForConditionalGeneration"
+    assert type(loaded.processor).__name__ == "Idefics3Processor"
+    assert loaded.adapter.model_type == "idefics3"
+
+
+def test_image_keys_equal_the_model_features_for_a_non_square_image(loaded: LoadedModel) -> None:
+    image = scene_image(96, 32)
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, QUESTION)
+    with torch.no_grad():
+        features = loaded.model.model.get_image_features(
+            prepared.inputs["pixel_values"], prepared.inputs["pixel_attention_mask"]
+        ).pooler_output
+    assert prepared.image_keys is not None
+    assert len(prepared.image_keys) == features[0].shape[0] == 27  # 1 × 2 squares + global, 9 each
+    geometry = loaded.adapter.geometry(loaded.model, loaded.processor, image.size)
+    assert geometry.num_features == len(prepared.image_keys)
+    tokens = loaded.processor.tokenizer.convert_ids_to_tokens(prepared.input_ids[0].tolist())
+    assert [t for t in tokens if t.startswith("<row_")] == ["<row_1_col_1>", "<row_1_col_2>"]
+
+
+def test_frame_tokens_are_template(loaded: LoadedModel) -> None:
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
+    tokens = loaded.processor.tokenizer.convert_ids_to_tokens(prepared.input_ids[0].tolist())
+    frame = [i for i, t in enumerate(tokens) if t in ("<fake_token_around_image>", "<global-img>")]
+    frame += [i for i, t in enumerate(tokens) if t.startswith("<row_")]
+    assert len(frame) == 4 * 2 + 3  # 2 × 2 squares, then the global image's three frame tokens
+    assert all(int(prepared.roles[i]) == Role.TEMPLATE for i in frame)
+    image = prepared.roles == Role.IMAGE
+    assert prepared.image_keys is not None
+    assert torch.equal(torch.nonzero(image).flatten(), prepared.image_keys)
+    question = "".join(t for t, r in zip(tokens, prepared.roles.tolist(), strict=True) if r == Role.QUESTION)
+    assert question.replace("Ġ", " ") == QUESTION
+
+
+def test_pixel_shuffle_keeps_features_row_major(loaded: LoadedModel) -> None:
+    # A 6 × 6 patch grid whose value is its patch index: feature (i, j) gathers patches (2i + a, 2j + b).
+    patches = torch.arange(36, dtype=torch.float32).reshape(1, 36, 1)
+    shuffled = loaded.model.model.connector.pixel_shuffle(patches, 2).reshape(9, -1)
+    for feature in range(9):
+        i, j = divmod(feature, 3)
+        expected = {(2 * i + a) * 6 + 2 * j + b for a in (0, 1) for b in (0, 1)}
+        assert set(shuffled[feature].tolist()) == expected
+
+
+def test_geometry_places_a_known_feature_on_its_pixels(loaded: LoadedModel) -> None:
+    # 96 × 32 → long side 84 → canvas 84 × 42: one row of two 42-px squares, 3 × 3 features each.
+    image = Image.new("RGB", (96, 32), (255, 255, 255))
+    geometry = loaded.adapter.geometry(loaded.model, loaded.processor, image.size)
+    feature = 9 + 4  # second square, centre feature
+    assert geometry.boxes[feature] == pytest.approx([64.0, 32 / 3, 80.0, 64 / 3])
+    assert geometry.boxes[18] == pytest.approx([0.0, 0.0, 32.0, 32 / 3])  # global image, first cell
+    assert [g.box for g in geometry.grids] == [(0, 0, 48, 32), (48, 0, 96, 32), (0, 0, 96, 32)]
+    # The processor's own pixels agree: red drawn in that box is reddest in that feature's cell.
+    ImageDraw.Draw(image).rectangle([64, 11, 79, 20], fill=(255, 0, 0))
+    inputs = loaded.processor(images=image, text="<image>", return_tensors="pt")
+    square = inputs["pixel_values"][0, 1]  # (3, 42, 42), normalised
+    redness = (square[0] - square[1]).unfold(0, 14, 14).unfold(1, 14, 14).mean(dim=(-1, -2)).flatten()
+    assert int(redness.argmax()) == 4
+
+
+def test_seam_checks_pass(loaded: LoadedModel) -> None:
+    failures = [r for r in run_checks(loaded) if not r.passed]
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("mode", ["strict", "paper"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("answer", [[57], [57, 88, 101]])
+def test_fast_equals_naive(loaded: LoadedModel, mode: str, k: int, answer: list[int]) -> None:
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
+    runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
+    naive = runner.run(prepared, answer, PATHWAYS, k, "naive")
+    fast = runner.run(prepared, answer, PATHWAYS, k, "fast")
+    for pathway in PATHWAYS:
+        expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
+        actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
+        assert float((actual.log() - expected.log()).abs().max()) <= 1e-4, pathway.name
+    assert fast.layer_evaluations < naive.layer_evaluations
+    assert naive.probs["image_to_last"] != [naive.p_full] * runner.n_layers
+
+
+def test_captured_rows_equal_eager_attention(loaded: LoadedModel, checkpoint: Path) -> None:
+    result = capture(loaded, scene_image(), QUESTION, max_new_tokens=6, dtype=torch.float32)
+    eager = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="eager").eval()
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
+    prompt_len, count = len(result.input_ids), result.num_tokens
+    fed = torch.tensor([[*result.input_ids, *result.output_ids[:-1]]])
+    inputs = loaded.adapter.extend_inputs(prepared.inputs, fed)
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+    assert prepared.image_keys is not None
+    rows = [
+        attentions[layer][0, :, prompt_len - 1 : prompt_len - 1 + count][..., prepared.image_keys].permute(
+            1, 0, 2
+        )
+        for layer in result.layers
+    ]
+    reference = torch.stack(rows, dim=1)
+    assert result.layers == (0, 1, 2, 3)
+    assert result.image_attention.shape == reference.shape
+    torch.testing.assert_close(result.image_attention, reference, atol=1e-5, rtol=0)

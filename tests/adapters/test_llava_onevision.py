@@ -1,0 +1,136 @@
+"""LLaVA-OneVision on a tiny offline checkpoint: image-only processor, anyres_max_9 shrinking,
+newline features, the seam proofs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+import vistrace.adapters as adapters_module
+from vistrace.adapters import register_adapter
+from vistrace.adapters.llava_next import LlavaOnevisionAdapter
+from vistrace.capture.generate import capture
+from vistrace.check import run_checks
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, load
+from vistrace.models.tiny_llava_next import write_tiny_llava_onevision
+from vistrace.roles import Role
+
+from ..conftest import scene_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.contract]
+
+QUESTION = "What color is the circle?"
+PATHWAYS = [Pathway.parse(p) for p in PAPER_PATHWAYS]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    registry = adapters_module._REGISTRY
+    saved = dict(registry)
+    register_adapter(LlavaOnevisionAdapter(), replace=True)
+    yield write_tiny_llava_onevision(tmp_path_factory.mktemp("llava_onevision") / "tiny")
+    registry.clear()
+    registry.update(saved)
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint: Path) -> LoadedModel:
+    return load(checkpoint)
+
+
+def test_loads_offline_with_the_family_classes(loaded: LoadedModel) -> None:
+    assert type(loaded.model).__name__ == "LlavaOnevisionForConditionalGeneration"
+    assert type(loaded.processor).__name__ == "LlavaOnevisionProcessor"
+    assert type(loaded.processor.image_processor).__name__ == "LlavaOnevisionImageProcessorPil"
+
+
+@pytest.mark.parametrize("size", [(48, 32), (64, 40), (120, 100), (100, 30)])
+def test_image_keys_and_newlines_match_the_model_features(loaded: LoadedModel, size: tuple[int, int]) -> None:
+    image = scene_image(*size)
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, QUESTION)
+    with torch.no_grad():
+        features = loaded.model.model.get_image_features(
+            prepared.inputs["pixel_values"], prepared.inputs["image_sizes"]
+        ).pooler_output[0]
+    assert prepared.image_keys is not None
+    assert len(prepared.image_keys) == features.shape[0]
+    assert torch.equal(torch.nonzero(prepared.roles == Role.IMAGE).flatten(), prepared.image_keys)
+    geometry = loaded.adapter.geometry(loaded.model, loaded.processor, image.size)
+    assert geometry.num_features == features.shape[0]
+    adapter = loaded.adapter
+    assert isinstance(adapter, LlavaOnevisionAdapter)
+    is_newline = (features == loaded.model.model.image_newline).all(dim=-1).numpy()
+    expected = np.zeros(len(is_newline), dtype=bool)
+    expected[adapter.newline_features(loaded.model, loaded.processor, image.size)] = True
+    assert np.array_equal(is_newline, expected)
+    assert all(geometry.kinds[j] == "padding" for j in np.flatnonzero(expected))
+    assert np.isnan(geometry.boxes[expected]).all()
+
+
+def test_geometry_of_a_shrunk_grid(loaded: LoadedModel) -> None:
+    # 120 × 100 → canvas 112 × 112 (4 × 4 tiles, 8 × 8 features); resized to 112 × 94, pasted 9 px
+    # down; unpadding keeps grid rows 1 … 6 (6 × 8 = 48 > 36 · 1.1²), shrunk to 5 × 6.
+    geometry = loaded.adapter.geometry(loaded.model, loaded.processor, (120, 100))
+    assert geometry.num_features == 4 + 5 * (6 + 1)
+    assert geometry.boxes[0] == pytest.approx([0.0, 0.0, 60.0, 50.0])
+    # Shrunk row 1, column 2: grid rows 1 + 1.2 … 1 + 2.4, columns 8/6 · (2 … 3).
+    top, bottom = (1 + 1.2) * 14, (1 + 2.4) * 14
+    scale_y = 94 / 100
+    expected = [40.0, (top - 9) / scale_y, 60.0, (bottom - 9) / scale_y]
+    assert geometry.boxes[4 + 7 + 2] == pytest.approx(expected)
+
+
+def test_seam_checks_pass(loaded: LoadedModel) -> None:
+    failures = [r for r in run_checks(loaded) if not r.passed]
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("mode", ["strict", "paper"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("answer", [[57], [57, 88, 101]])
+def test_fast_equals_naive(loaded: LoadedModel, mode: str, k: int, answer: list[int]) -> None:
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
+    runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
+    naive = runner.run(prepared, answer, PATHWAYS, k, "naive")
+    fast = runner.run(prepared, answer, PATHWAYS, k, "fast")
+    for pathway in PATHWAYS:
+        expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
+        actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
+        assert float((actual.log() - expected.log()).abs().max()) <= 1e-4, pathway.name
+    assert fast.layer_evaluations < naive.layer_evaluations
+    assert naive.probs["image_to_last"] != [naive.p_full] * runner.n_layers
+
+
+def test_captured_rows_equal_eager_attention(loaded: LoadedModel, checkpoint: Path) -> None:
+    result = capture(loaded, scene_image(), QUESTION, max_new_tokens=6, dtype=torch.float32)
+    eager = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="eager").eval()
+    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
+    prompt_len, count = len(result.input_ids), result.num_tokens
+    fed = torch.tensor([[*result.input_ids, *result.output_ids[:-1]]])
+    inputs = loaded.adapter.extend_inputs(prepared.inputs, fed)
+    with torch.no_grad():
+        attentions = eager(**inputs, output_attentions=True).attentions
+    assert prepared.image_keys is not None
+    rows = [
+        attentions[layer][0, :, prompt_len - 1 : prompt_len - 1 + count][..., prepared.image_keys].permute(
+            1, 0, 2
+        )
+        for layer in result.layers
+    ]
+    reference = torch.stack(rows, dim=1)
+    assert result.image_attention.shape == reference.shape
+    torch.testing.assert_close(result.image_attention, reference, atol=1e-5, rtol=0)
