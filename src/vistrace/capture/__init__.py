@@ -1,1 +1,1 @@
-"""capture"""
+"""Generation with image-attention capture, and the pooling of captured maps."""

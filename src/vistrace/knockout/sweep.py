@@ -23,38 +23,13 @@ from vistrace import compat
 from vistrace.adapters import Adapter, PreparedPrompt, traced
 from vistrace.hook import Knockout, Plan
 from vistrace.hook.plan import KnockoutMode
+from vistrace.knockout.pathways import PAPER_PATHWAYS, Pathway, window_layers
 from vistrace.knockout.rerun import CleanPass, RowState, clean_pass, rerun
 from vistrace.models.loading import LoadedModel
 from vistrace.roles import Role, paper_roles, with_answer
 
 Strategy = Literal["fast", "naive"]
-PAPER_PATHWAYS = ("last_to_last", "question_to_last", "image_to_last", "image_to_question")
 DEFAULT_TEMPERATURE: dict[str, float] = {"strict": 1.0, "paper": 0.6}
-
-
-@dataclass(frozen=True)
-class Pathway:
-    """Queries of role `dst` may not attend to keys of role `src` (CLI name `src_to_dst`)."""
-
-    src: Role
-    dst: Role
-
-    @property
-    def name(self) -> str:
-        return f"{self.src.name.lower()}_to_{self.dst.name.lower()}"
-
-    @classmethod
-    def parse(cls, name: str) -> Pathway:
-        parts = name.strip().lower().split("_to_")
-        if len(parts) != 2:
-            raise ValueError(f"pathway {name!r} is not of the form src_to_dst (e.g. image_to_last)")
-        return cls(Role.parse(parts[0]), Role.parse(parts[1]))
-
-
-def window_layers(centre: int, k: int, n_layers: int) -> range:
-    """Layers of the window of size `k` centred at `centre`, clipped at the edges (an even k gives k+1)."""
-    half = k // 2
-    return range(max(0, centre - half), min(n_layers, centre + half + 1))
 
 
 @dataclass(frozen=True)
@@ -415,3 +390,14 @@ def _row_pattern(
     roles = seq.roles(step)
     keys = tuple((roles[: row + 1] == pathway.src).tolist()) if bool(self_rows[row]) else ()
     return keys, (bool(cross_rows[row]),)
+
+
+__all__ = [
+    "DEFAULT_TEMPERATURE",
+    "PAPER_PATHWAYS",
+    "KnockoutResult",
+    "KnockoutRunner",
+    "Pathway",
+    "Strategy",
+    "window_layers",
+]

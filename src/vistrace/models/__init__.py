@@ -1,1 +1,1 @@
-"""models"""
+"""Loading checkpoints, built-in model names, tiny offline checkpoints and their tokenizers."""

@@ -1,1 +1,1 @@
-"""runs"""
+"""Run folders and the batch runners behind the CLI: trace, eval, attend, score, build, export."""

@@ -1,1 +1,1 @@
-"""volcano"""
+"""The Volcano critique / revise / decide loop and its prompts."""
