@@ -70,7 +70,9 @@ def load_json(path: str | Path) -> Any:
 
 def _jsonl(text: str) -> Iterator[tuple[str, Any]]:
     """(location, record) for each non-blank line; invalid lines give a :class:`BadLine`."""
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSON line: str.splitlines would also split at U+2028, U+0085 and other
+    # characters that JSON strings may hold unescaped, cutting such a record in two.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -97,7 +99,7 @@ def load_records(path: str | Path, records_key: str | None = None) -> list[tuple
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        first = next((line for line in text.splitlines() if line.strip()), "")
+        first = next((line for line in text.split("\n") if line.strip()), "")
         try:
             json.loads(first)
         except json.JSONDecodeError:
