@@ -462,7 +462,14 @@ def test_example_prompt_dispatch() -> None:
     assert example_prompt(doc) == (DOCVQA_EXPECTED, None)
     with pytest.raises(ValueError, match="no paper prompt"):
         example_prompt(read_mmhal(FORMATS / "mmhal_example.json").examples[0])
-    assert DEFAULT_MAX_NEW_TOKENS == {"vqav2": 25, "visual7w": 25, "docvqa": 512}
+    assert DEFAULT_MAX_NEW_TOKENS == {
+        "vqav2": 25,
+        "visual7w": 25,
+        "docvqa": 512,
+        "textvqa": 512,
+        "chartqa": 512,
+        "coco": 512,
+    }
 
 
 # ---------------------------------------------------------------- variants refused, splits

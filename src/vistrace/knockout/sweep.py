@@ -20,13 +20,14 @@ from typing import Any, Literal
 import torch
 
 from vistrace import compat
-from vistrace.adapters import Adapter, PreparedPrompt, traced
+from vistrace.adapters import PreparedPrompt, traced
 from vistrace.hook import Knockout, Plan
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.pathways import PAPER_PATHWAYS, Pathway, window_layers
 from vistrace.knockout.rerun import CleanPass, RowState, clean_pass, rerun
+from vistrace.knockout.sequence import TeacherForced
 from vistrace.models.loading import LoadedModel
-from vistrace.roles import Role, paper_roles, with_answer
+from vistrace.roles import Role
 
 Strategy = Literal["fast", "naive"]
 DEFAULT_TEMPERATURE: dict[str, float] = {"strict": 1.0, "paper": 0.6}
@@ -48,39 +49,6 @@ class KnockoutResult:
     layer_evaluations: int
     p_full_tokens: tuple[float, ...] = ()
     token_probs: dict[str, list[list[float]]] = field(default_factory=dict)
-
-
-@dataclass
-class _Sequence:
-    """The teacher-forced sequence prompt + answer[:-1] and its per-step views."""
-
-    prepared: PreparedPrompt
-    answer: tuple[int, ...]
-    mode: KnockoutMode
-
-    @property
-    def prompt_len(self) -> int:
-        return int(self.prepared.input_ids.shape[1])
-
-    def ids(self, upto: int) -> torch.Tensor:
-        """(1, upto) ids of the sequence prompt + answer tokens."""
-        full = torch.cat([self.prepared.input_ids[0], torch.tensor(self.answer[:-1], dtype=torch.long)])
-        return full[None, :upto]
-
-    def roles(self, step: int) -> torch.Tensor:
-        """(P + step,) roles when scoring answer token `step` (mode's assignment)."""
-        strict = with_answer(self.prepared.roles, step)
-        return paper_roles(strict) if self.mode == "paper" else strict
-
-    def image_rows(self, length: int) -> torch.Tensor:
-        rows = self.prepared.image_rows
-        extra = rows[-1:].expand(length - rows.shape[0]) if length > rows.shape[0] else rows[:0]
-        return torch.cat([rows, extra])[:length]
-
-    def model_inputs(self, upto: int, adapter: Adapter) -> dict[str, torch.Tensor]:
-        """Processor inputs extended with the fed answer tokens (naive passes, clean run), every
-        per-token input extended as the family's adapter says."""
-        return adapter.extend_inputs(self.prepared.inputs, self.ids(upto))
 
 
 def _answer_probability(logits: torch.Tensor, token: int, temperature: float) -> torch.Tensor:
@@ -119,7 +87,7 @@ class KnockoutRunner:
                 f"the fast strategy assumes causal text attention, and {self.adapter.model_type}'s is not "
                 "(its image block attends both ways): use strategy naive"
             )
-        seq = _Sequence(prepared, tuple(int(t) for t in answer_tokens), self.mode)
+        seq = TeacherForced(prepared, tuple(int(t) for t in answer_tokens), self.mode)
         with torch.no_grad(), traced(self.model, Plan(cross_layers=self.cross, mode=self.mode)):
             if strategy == "naive":
                 return self._naive(seq, pathways, k)
@@ -130,7 +98,7 @@ class KnockoutRunner:
     # ----- shared -----------------------------------------------------------------------------
     def _plan(
         self,
-        seq: _Sequence,
+        seq: TeacherForced,
         step: int,
         offset: int,
         pathway: Pathway | None,
@@ -162,7 +130,7 @@ class KnockoutRunner:
             return self.model(**inputs, **kwargs)
 
     # ----- naive ------------------------------------------------------------------------------
-    def _naive(self, seq: _Sequence, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
+    def _naive(self, seq: TeacherForced, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
         full_tokens: list[float] = []
         tokens: dict[str, list[list[float]]] = {p.name: [[] for _ in range(self.n_layers)] for p in pathways}
         evaluations = 0
@@ -187,7 +155,7 @@ class KnockoutRunner:
         )
 
     # ----- fast -------------------------------------------------------------------------------
-    def _fast(self, seq: _Sequence, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
+    def _fast(self, seq: TeacherForced, pathways: Sequence[Pathway], k: int) -> KnockoutResult:
         total = seq.prompt_len + len(seq.answer) - 1
         plans = {p.name: _PathwayPlan.make(seq, p, self.cross, self.n_layers) for p in pathways}
         starts = [e.start for plan in plans.values() for e in plan.schedule if e is not None]
@@ -241,7 +209,7 @@ class KnockoutRunner:
 
     def _sweep_chunk(
         self,
-        seq: _Sequence,
+        seq: TeacherForced,
         schedule: tuple[_Step | None, ...],
         chunk: list[tuple[Pathway, frozenset[int]]],
         clean: CleanPass,
@@ -317,7 +285,7 @@ class _PathwayPlan:
         return frozenset(i for i in layers if (self.cross_hit if i in cross else self.self_hit))
 
     @classmethod
-    def make(cls, seq: _Sequence, pathway: Pathway, cross: frozenset[int], n_layers: int) -> _PathwayPlan:
+    def make(cls, seq: TeacherForced, pathway: Pathway, cross: frozenset[int], n_layers: int) -> _PathwayPlan:
         """Rows before the first changed row of a step are the clean ones. Between consecutive steps only
         the previous last row changes role, so when the first changed row stays put, the rows before
         that row are those of the previous step's re-run, and so is that row when its blocked entries
@@ -353,7 +321,7 @@ class _PathwayPlan:
 
 
 def _changed_rows(
-    seq: _Sequence, pathway: Pathway, step: int, has_self: bool, has_cross: bool
+    seq: TeacherForced, pathway: Pathway, step: int, has_self: bool, has_cross: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(S,) bool rows of answer step `step` where the pathway blocks an entry that matters, in
     self-attention and in cross-attention layers. A self-attention key after its row is masked
@@ -368,7 +336,7 @@ def _changed_rows(
     return self_rows, cross_rows
 
 
-def _sees_later_positions(seq: _Sequence, pathway: Pathway, step: int, has_self: bool) -> bool:
+def _sees_later_positions(seq: TeacherForced, pathway: Pathway, step: int, has_self: bool) -> bool:
     """Whether, at answer step `step`, a self-attention row has every earlier key blocked in paper mode.
 
     The research code's block value equals the causal mask's, so such a row is uniform over every key of
@@ -383,7 +351,7 @@ def _sees_later_positions(seq: _Sequence, pathway: Pathway, step: int, has_self:
 
 
 def _row_pattern(
-    seq: _Sequence, pathway: Pathway, step: int, row: int, has_self: bool, has_cross: bool
+    seq: TeacherForced, pathway: Pathway, step: int, row: int, has_self: bool, has_cross: bool
 ) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
     """The entries of `row` the pathway blocks at answer step `step`: self-attention keys, cross rows."""
     self_rows, cross_rows = _changed_rows(seq, pathway, step, has_self, has_cross)
