@@ -11,6 +11,7 @@ import torch
 
 import vistrace
 from vistrace.knockout.sweep import KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel
 
 from .conftest import scene_image
 
@@ -104,3 +105,23 @@ def test_image_attention_round_trips_and_draws(tiny_dirs: dict[str, Path], tmp_p
     fig, (left, right) = plt.subplots(1, 2)
     assert again.plot_image(ax=left) is left and again.plot_text(ax=right) is right
     plt.close(fig)
+
+
+def test_the_loaded_model_knows_its_context_and_end_tokens(tiny_models: dict[str, LoadedModel]) -> None:
+    """One definition serves capture, eval, trace and the API; trace used `get_text_config()`."""
+    for family, loaded in tiny_models.items():
+        text_config = loaded.model.config.get_text_config()
+        assert loaded.context_length == int(text_config.max_position_embeddings), family
+        eos = loaded.model.generation_config.eos_token_id
+        expected = (
+            set(eos)
+            if isinstance(eos, list)
+            else {eos if eos is not None else loaded.processor.tokenizer.eos_token_id}
+        )
+        assert loaded.eos_ids == expected, family
+        prompt = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), "What is red?")
+        moved = loaded.to_model(prompt.inputs)
+        assert all(v.device == loaded.device for v in moved.values())
+        assert {v.dtype for v in moved.values() if v.is_floating_point()} <= {loaded.model.dtype}
+        generated = loaded.generate(moved, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        assert generated.shape == (1, 2), family

@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 
 from vistrace.adapters import Adapter, PreparedPrompt
-from vistrace.capture.generate import _context_length, _eos_ids
 from vistrace.capture.generate import capture as capture_stage
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.lens import answer_probability_by_layer as by_layer
@@ -66,12 +65,12 @@ class VisionModel:
     @property
     def context_length(self) -> int | None:
         """The language model's maximum positions (`max_position_embeddings`), or None."""
-        return _context_length(self.model)
+        return self.loaded.context_length
 
     @property
     def eos_ids(self) -> frozenset[int]:
         """Token ids that end a generation."""
-        return frozenset(_eos_ids(self.loaded))
+        return self.loaded.eos_ids
 
     def prompt(self, image: Image.Image, question: str) -> PreparedPrompt:
         """The question as the user's message after the image, through the model's chat template and
@@ -94,13 +93,17 @@ class VisionModel:
 def load(
     model: str | Path,
     *,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     device: str | None = None,
     device_map: str | dict[str, Any] | None = None,
     vision_tower: str | Path | None = None,
 ) -> VisionModel:
     """Load `model`: a checkpoint directory (HF or original LLaVA format), a hub id found in the local
     Hugging Face cache (no download), `demo:llava|mllama` or `tiny:<family>`.
+
+    `dtype`: `auto` (the checkpoint's own dtype on a GPU, float32 on the CPU, where half precision
+    is slow and inexact), float32, bfloat16 or float16. `device`: None (the CPU), `auto` (the GPU
+    when one is present) or a torch device; `device_map="auto"` shards the model over the GPUs.
 
     Raises FileNotFoundError when `model` is none of these, and
     `vistrace.adapters.UnsupportedModelError` for a model type without an adapter.

@@ -139,33 +139,13 @@ def _encode(loaded: LoadedModel, image: Image.Image, prompt: PromptLike) -> _Enc
     return _Encoded(inputs, text, image_keys)
 
 
-def _context_length(model: Any) -> int | None:
-    config = getattr(model.config, "text_config", None) or model.config
-    value = getattr(config, "max_position_embeddings", None)
-    return int(value) if value else None
-
-
 def _to_model(inputs: Mapping[str, torch.Tensor], loaded: LoadedModel) -> dict[str, torch.Tensor]:
-    context = _context_length(loaded.model)
+    """`inputs` on the model's device and dtype; PromptTooLongError when the prompt fills the context."""
+    context = loaded.context_length
     prompt_len = int(inputs["input_ids"].shape[1])
     if context is not None and prompt_len >= context:
         raise PromptTooLongError(f"the prompt has {prompt_len} tokens; the model's context is {context}")
-    dtype = next(loaded.model.parameters()).dtype
-    device = loaded.device
-    moved: dict[str, torch.Tensor] = {}
-    for key, value in inputs.items():
-        value = value.to(device)
-        moved[key] = value.to(dtype) if value.is_floating_point() else value
-    return moved
-
-
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    if eos is None:
-        eos = loaded.processor.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+    return loaded.to_model(inputs)
 
 
 def _pieces(tokenizer: Any, ids: Sequence[int], context: int = 6) -> tuple[str, ...]:
@@ -190,7 +170,7 @@ def _generation_kwargs(max_new_tokens: int, sample: bool, temperature: float) ->
 
 def _fitting(max_new_tokens: int, inputs: Mapping[str, torch.Tensor], loaded: LoadedModel) -> int:
     """`max_new_tokens` clipped so that prompt + answer stays inside the model's context (logged)."""
-    context = _context_length(loaded.model)
+    context = loaded.context_length
     if context is None:
         return max_new_tokens
     room = context - int(inputs["input_ids"].shape[1])
@@ -218,10 +198,8 @@ def generate_text(
     """The model's answer to `prompt` about `image`, without capture (special tokens skipped, stripped)."""
     encoded = _encode(loaded, image, prompt)
     inputs = _to_model(encoded.inputs, loaded)
-    with torch.no_grad():
-        new_tokens = _fitting(max_new_tokens, inputs, loaded)
-        sequences = loaded.model.generate(**inputs, **_generation_kwargs(new_tokens, sample, temperature))
-    output_ids = sequences[0, inputs["input_ids"].shape[1] :]
+    new_tokens = _fitting(max_new_tokens, inputs, loaded)
+    output_ids = loaded.generate(inputs, **_generation_kwargs(new_tokens, sample, temperature))[0]
     return str(loaded.processor.tokenizer.decode(output_ids, skip_special_tokens=True)).strip()
 
 
@@ -250,10 +228,9 @@ def capture(
     recorder = CaptureRecorder(layers=frozenset(layers), image_keys=image_keys)
     plan = Plan(cross_layers=adapter.cross_layers(model), capture=recorder)
     new_tokens = _fitting(max_new_tokens, inputs, loaded)
-    with torch.no_grad(), traced(model, plan):
-        sequences = model.generate(**inputs, **_generation_kwargs(new_tokens, sample, temperature))
-    prompt_len = inputs["input_ids"].shape[1]
-    output_ids = tuple(int(i) for i in sequences[0, prompt_len:].tolist())
+    with traced(model, plan):
+        generated = loaded.generate(inputs, **_generation_kwargs(new_tokens, sample, temperature))
+    output_ids = tuple(int(i) for i in generated[0].tolist())
     recorded = recorder.stacked()[:, 0]
     if recorded.shape[0] != len(output_ids) or recorded.shape[1] != len(layers):
         raise RuntimeError(
@@ -276,7 +253,7 @@ def capture(
         layers=tuple(layers),
         image_attention=recorded.to(dtype).contiguous(),
         geometry=geometry,
-        ends_with_eos=bool(output_ids) and output_ids[-1] in _eos_ids(loaded),
+        ends_with_eos=bool(output_ids) and output_ids[-1] in loaded.eos_ids,
         output_pieces=_pieces(tokenizer, output_ids),
     )
 
