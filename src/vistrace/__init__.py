@@ -2,12 +2,14 @@
 
 The public API (imported on first use, so `import vistrace` stays light and has no side effects):
 
-- `load(model, *, dtype, device, device_map, vision_tower) -> VisionModel`
+- `load(model, *, dtype="auto", device, device_map, vision_tower) -> VisionModel`
 - `knockout_sweep(model, prompt, answer, *, pathways, window, mode, strategy) -> KnockoutSweep`
 - `answer_probability_by_layer(model, prompt, answer) -> (layers, tokens) tensor` (a logit lens)
 - `attend(model, image, prompt, …) -> ImageAttention`
 - `volcano_loop(model, image, question, …) -> VolcanoResult`
-- extension points: `register_adapter` (a model family), `register_pool` (a layer/head pooling)
+- extension points: `register_adapter` (a model family), `register_pool` (a layer/head pooling),
+  `register_reader` (a dataset reader for `vistrace eval --dataset`), `register_metric` (the metric
+  that scores a dataset's predictions)
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
         volcano_loop,
     )
     from vistrace.capture.pooling import register_pool
+    from vistrace.data.by_name import register_reader
+    from vistrace.data.metrics import register_metric
     from vistrace.knockout.sweep import Pathway
     from vistrace.results import ImageAttention, KnockoutSweep
     from vistrace.volcano.loop import VolcanoResult
@@ -46,6 +50,8 @@ _EXPORTS = {
     "Pathway": "vistrace.knockout.sweep",
     "register_adapter": "vistrace.adapters",
     "register_pool": "vistrace.capture.pooling",
+    "register_reader": "vistrace.data.by_name",
+    "register_metric": "vistrace.data.metrics",
 }
 
 __all__ = [
@@ -61,7 +67,9 @@ __all__ = [
     "knockout_sweep",
     "load",
     "register_adapter",
+    "register_metric",
     "register_pool",
+    "register_reader",
     "volcano_loop",
 ]
 

@@ -1,7 +1,9 @@
 """Official answer-scoring metrics: VQAv2 accuracy, DocVQA ANLS and Visual7W accuracy.
 
 Every function scores one question. The definitions, their sources and their quirks are written
-down in ``docs/metrics.md``.
+down in ``docs/metrics.md``. Which metric scores a dataset's predictions is a registry
+(:func:`register_metric`, :func:`metric_for`): VQAv2 accuracy for ``vqav2``, ANLS for ``docvqa``,
+Visual7W accuracy for ``visual7w``, exact match for any other dataset.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
+
+from vistrace.data.vqa_tables import ARTICLES, CONTRACTIONS, MANUAL_MAP, PUNCTUATION
 
 __all__ = [
     "ARTICLES",
@@ -17,182 +22,22 @@ __all__ = [
     "MANUAL_MAP",
     "METRICS",
     "PUNCTUATION",
+    "AnswerMetric",
+    "McRule",
+    "RegisteredMetric",
+    "ScoreRules",
+    "VqaRule",
     "anls",
     "exact_match",
     "levenshtein",
     "mc_accuracy",
+    "metric_for",
     "normalize_answer",
     "normalize_vqa_answer",
+    "register_metric",
     "vqa_accuracy",
     "vqa_all_agree",
 ]
-
-# Tables copied from GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py (VQAEval.__init__),
-# including their oddities ("somebody'd" -> "somebodyd", capitalised keys that never match after
-# lower-casing).
-CONTRACTIONS: dict[str, str] = {
-    "aint": "ain't",
-    "arent": "aren't",
-    "cant": "can't",
-    "couldve": "could've",
-    "couldnt": "couldn't",
-    "couldn'tve": "couldn't've",
-    "couldnt've": "couldn't've",
-    "didnt": "didn't",
-    "doesnt": "doesn't",
-    "dont": "don't",
-    "hadnt": "hadn't",
-    "hadnt've": "hadn't've",
-    "hadn'tve": "hadn't've",
-    "hasnt": "hasn't",
-    "havent": "haven't",
-    "hed": "he'd",
-    "hed've": "he'd've",
-    "he'dve": "he'd've",
-    "hes": "he's",
-    "howd": "how'd",
-    "howll": "how'll",
-    "hows": "how's",
-    "Id've": "I'd've",
-    "I'dve": "I'd've",
-    "Im": "I'm",
-    "Ive": "I've",
-    "isnt": "isn't",
-    "itd": "it'd",
-    "itd've": "it'd've",
-    "it'dve": "it'd've",
-    "itll": "it'll",
-    "let's": "let's",
-    "maam": "ma'am",
-    "mightnt": "mightn't",
-    "mightnt've": "mightn't've",
-    "mightn'tve": "mightn't've",
-    "mightve": "might've",
-    "mustnt": "mustn't",
-    "mustve": "must've",
-    "neednt": "needn't",
-    "notve": "not've",
-    "oclock": "o'clock",
-    "oughtnt": "oughtn't",
-    "ow's'at": "'ow's'at",
-    "'ows'at": "'ow's'at",
-    "'ow'sat": "'ow's'at",
-    "shant": "shan't",
-    "shed've": "she'd've",
-    "she'dve": "she'd've",
-    "she's": "she's",
-    "shouldve": "should've",
-    "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've",
-    "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd",
-    "somebodyd've": "somebody'd've",
-    "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll",
-    "somebodys": "somebody's",
-    "someoned": "someone'd",
-    "someoned've": "someone'd've",
-    "someone'dve": "someone'd've",
-    "someonell": "someone'll",
-    "someones": "someone's",
-    "somethingd": "something'd",
-    "somethingd've": "something'd've",
-    "something'dve": "something'd've",
-    "somethingll": "something'll",
-    "thats": "that's",
-    "thered": "there'd",
-    "thered've": "there'd've",
-    "there'dve": "there'd've",
-    "therere": "there're",
-    "theres": "there's",
-    "theyd": "they'd",
-    "theyd've": "they'd've",
-    "they'dve": "they'd've",
-    "theyll": "they'll",
-    "theyre": "they're",
-    "theyve": "they've",
-    "twas": "'twas",
-    "wasnt": "wasn't",
-    "wed've": "we'd've",
-    "we'dve": "we'd've",
-    "weve": "we've",
-    "werent": "weren't",
-    "whatll": "what'll",
-    "whatre": "what're",
-    "whats": "what's",
-    "whatve": "what've",
-    "whens": "when's",
-    "whered": "where'd",
-    "wheres": "where's",
-    "whereve": "where've",
-    "whod": "who'd",
-    "whod've": "who'd've",
-    "who'dve": "who'd've",
-    "wholl": "who'll",
-    "whos": "who's",
-    "whove": "who've",
-    "whyll": "why'll",
-    "whyre": "why're",
-    "whys": "why's",
-    "wont": "won't",
-    "wouldve": "would've",
-    "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've",
-    "yall": "y'all",
-    "yall'll": "y'all'll",
-    "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've",
-    "y'alld've": "y'all'd've",
-    "y'all'dve": "y'all'd've",
-    "youd": "you'd",
-    "youd've": "you'd've",
-    "you'dve": "you'd've",
-    "youll": "you'll",
-    "youre": "you're",
-    "youve": "you've",
-}
-
-MANUAL_MAP: dict[str, str] = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-
-ARTICLES: tuple[str, ...] = ("a", "an", "the")
-
-PUNCTUATION: tuple[str, ...] = (
-    ";",
-    "/",
-    "[",
-    "]",
-    '"',
-    "{",
-    "}",
-    "(",
-    ")",
-    "=",
-    "+",
-    "\\",
-    "_",
-    "-",
-    ">",
-    "<",
-    "@",
-    "`",
-    ",",
-    "?",
-    "!",
-)
 
 # "(?!<=\d)" is a negative look-ahead for the text "<=" + digit, not a look-behind: the official
 # pattern removes every period that is not followed by a digit, whatever precedes it.
@@ -384,3 +229,85 @@ METRICS: dict[str, Callable[..., float]] = {
     "mc_accuracy": mc_accuracy,
     "exact_match": exact_match,
 }
+
+
+VqaRule = Literal["official", "always_normalize"]
+McRule = Literal["paper", "official"]
+
+
+@dataclass(frozen=True)
+class ScoreRules:
+    """How the registered metrics read an answer: ``vqa_rule`` (:func:`vqa_accuracy`:
+    ``always_normalize`` or not), ``mc_rule`` (:func:`mc_accuracy`), ``anls_threshold``
+    (:func:`anls`)."""
+
+    vqa_rule: VqaRule = "official"
+    mc_rule: McRule = "paper"
+    anls_threshold: float = 0.5
+
+
+AnswerMetric = Callable[[str, Sequence[str], ScoreRules], float]
+"""``(prediction, reference answers (at least one), rules) -> score in [0, 1]``."""
+
+
+@dataclass(frozen=True)
+class RegisteredMetric:
+    """A metric of the registry: its ``name`` (recorded in ``scores.json``), its function and the
+    :class:`ScoreRules` fields it reads (recorded with the scores)."""
+
+    name: str
+    score: AnswerMetric
+    settings: tuple[str, ...] = ()
+
+
+FALLBACK_METRIC = "exact_match"
+_REGISTERED: dict[str, RegisteredMetric] = {}
+_BY_DATASET: dict[str, str] = {}
+
+
+def register_metric(
+    name: str,
+    metric: AnswerMetric,
+    *,
+    datasets: Sequence[str] = (),
+    settings: Sequence[str] = (),
+    replace: bool = False,
+) -> None:
+    """Add ``metric`` under ``name``; it scores the predictions of ``datasets`` (their ``dataset``
+    field) from then on. ``settings``: the :class:`ScoreRules` fields it reads."""
+    if name in _REGISTERED and not replace:
+        raise ValueError(f"a metric named {name!r} exists; pass replace=True to override it")
+    fields = tuple(ScoreRules.__dataclass_fields__)
+    unknown = [field for field in settings if field not in fields]
+    if unknown:
+        raise ValueError(f"settings {unknown}: not fields of ScoreRules ({', '.join(fields)})")
+    _REGISTERED[name] = RegisteredMetric(name, metric, tuple(settings))
+    _BY_DATASET.update(dict.fromkeys(datasets, name))
+
+
+def metric_for(dataset: str) -> RegisteredMetric:
+    """The metric of ``dataset``: the last registered for it, else exact match."""
+    return _REGISTERED[_BY_DATASET.get(dataset, FALLBACK_METRIC)]
+
+
+def _vqa(prediction: str, answers: Sequence[str], rules: ScoreRules) -> float:
+    return vqa_accuracy(prediction, answers, always_normalize=rules.vqa_rule == "always_normalize")
+
+
+def _anls(prediction: str, answers: Sequence[str], rules: ScoreRules) -> float:
+    return anls(prediction, answers, threshold=rules.anls_threshold)
+
+
+def _choice(prediction: str, answers: Sequence[str], rules: ScoreRules) -> float:
+    """Visual7W: the correct answer is the first."""
+    return mc_accuracy(prediction, answers[0], rule=rules.mc_rule)
+
+
+def _best_match(prediction: str, answers: Sequence[str], rules: ScoreRules) -> float:
+    return max(exact_match(prediction, answer) for answer in answers)
+
+
+register_metric("vqa_accuracy", _vqa, datasets=("vqav2",), settings=("vqa_rule",))
+register_metric("anls", _anls, datasets=("docvqa",), settings=("anls_threshold",))
+register_metric("mc_accuracy", _choice, datasets=("visual7w",), settings=("mc_rule",))
+register_metric(FALLBACK_METRIC, _best_match)
