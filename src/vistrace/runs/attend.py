@@ -24,9 +24,10 @@ from vistrace.runs.attend_io import (
     save_instance,
     write_json,
 )
+from vistrace.runs.config import AttendConfig
 from vistrace.runs.folder import open_run
 from vistrace.runs.trace import special_token_problem
-from vistrace.volcano.loop import MAX_ROUNDS, SAMPLE_TEMPERATURE, volcano_instance
+from vistrace.volcano.loop import volcano_instance
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,29 @@ def _skip(log: _RunLog, index: int, instance: Instance | None, reason: str) -> N
     log.add(index, {**base, "skipped": reason})
 
 
+def run_attend(
+    loaded: LoadedModel,
+    config: AttendConfig,
+    instances: Sequence[Instance | InstanceError] | None = None,
+) -> Path:
+    """Run every instance (or those of `config.instance_idx`) and write the run folder; return
+    `log.json`.
+
+    `instances`: the records already read, else those of `config.input` (JSON list or JSONL).
+    Finished instances of an earlier run with the same settings are not run again; skipped ones
+    (missing image, unreachable URL, bad record, prompt too long) are retried. Sampling is seeded
+    per instance with `seed + index`, so a resumed run draws what an uninterrupted one would. A
+    relative `image_src` is resolved against `config.images`, else the input file's folder.
+    """
+    if instances is None:
+        if config.input is None:
+            raise ValueError("--input is required (a JSON list or JSONL file of instances)")
+        instances = read_instances(config.input)
+    settings = config.run_settings(loaded)
+    with open_run(config.out, "attend", settings) as run_dir:
+        return _run_instances(loaded, list(instances), run_dir, settings, config)
+
+
 def run_volcano(
     loaded: LoadedModel,
     instances: str | Path | Sequence[Instance | InstanceError],
@@ -78,63 +102,38 @@ def run_volcano(
     timeout: float = 20.0,
     images_dir: str | Path | None = None,
 ) -> Path:
-    """Run every instance (or those of `instance_idx`) and write the run directory; return `log.json`.
-
-    `instances` is an input file (JSON list or JSONL) or records already read. Finished instances
-    of an earlier run with the same configuration are not run again; skipped ones (missing image,
-    unreachable URL, bad record, prompt too long) are retried. Sampling is seeded per instance with
-    `seed + index`, so a resumed run draws what an uninterrupted one would. A relative
-    `image_src` is resolved against `images_dir`, else the input file's folder.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
-    records = read_instances(instances) if isinstance(instances, str | Path) else list(instances)
-    config = {
-        "model": str(loaded.path),
-        "dtype": str(getattr(loaded.model, "dtype", "")).removeprefix("torch."),
-        "input": str(Path(instances).resolve()) if isinstance(instances, str | Path) else None,
-        "volcano": volcano,
-        "engineered": engineered,
-        "sample": sample,
-        "temperature": SAMPLE_TEMPERATURE if sample else None,
-        "max_new_tokens": max_new_tokens,
-        "max_rounds": MAX_ROUNDS if volcano else 0,
-        "seed": seed,
-    }
-    with open_run(out_dir, "attend", config) as run_dir:
-        return _run_instances(
-            loaded,
-            records,
-            run_dir,
-            config,
-            volcano,
-            engineered,
-            sample,
-            max_new_tokens,
-            instance_idx,
-            seed,
-            timeout,
-            images_dir,
-        )
+    """:func:`run_attend` with the :class:`AttendConfig` of these arguments; `instances` is an input
+    file (JSON list or JSONL) or records already read."""
+    records: list[Instance | InstanceError] | None = None
+    if isinstance(instances, str | Path):
+        source: Path | None = Path(instances)
+    else:
+        source, records = None, list(instances)
+    config = AttendConfig(
+        input=source,
+        out=Path(out_dir),
+        volcano=volcano,
+        engineered=engineered,
+        sample=sample,
+        max_new_tokens=max_new_tokens,
+        instance_idx=None if instance_idx is None else tuple(instance_idx),
+        seed=seed,
+        timeout=timeout,
+        images=None if images_dir is None else Path(images_dir),
+    )
+    return run_attend(loaded, config, records)
 
 
 def _run_instances(
     loaded: LoadedModel,
     records: list[Instance | InstanceError],
     run_dir: Path,
-    config: dict[str, Any],
-    volcano: bool,
-    engineered: bool,
-    sample: bool,
-    max_new_tokens: int,
-    instance_idx: Iterable[int] | None,
-    seed: int,
-    timeout: float,
-    images_dir: str | Path | None,
+    settings: dict[str, Any],
+    config: AttendConfig,
 ) -> Path:
     """Run the selected instances into the locked `run_dir`; the path of `log.json`."""
-    log = _open_log(run_dir, config)
-    wanted = None if instance_idx is None else {int(i) for i in instance_idx}
+    log = _open_log(run_dir, settings)
+    wanted = None if config.instance_idx is None else set(config.instance_idx)
     selected = [
         (position, record)
         for position, record in enumerate(records)
@@ -147,31 +146,31 @@ def _run_instances(
             continue
         directory = run_dir / record.dir_name
         finished = read_record(directory)
-        if finished is not None and finished.get("config") == config:
+        if finished is not None and finished.get("config") == settings:
             log.add(index, finished["log"])
             continue
         try:
             problem = special_token_problem(loaded, record.question)
             if problem:
                 raise InstanceError(f"instance {index} ({record.image_id}): {problem}", index)
-            image = load_image(record, timeout=timeout, images_dir=images_dir)
-            if sample:
-                torch.manual_seed(seed + index)
+            image = load_image(record, timeout=config.timeout, images_dir=config.images)
+            if config.sample:
+                torch.manual_seed(config.seed + index)
             result = volcano_instance(
                 loaded,
                 image,
                 record.question,
-                loop=volcano,
-                engineered=engineered,
-                sample=sample,
-                max_new_tokens=max_new_tokens,
+                loop=config.volcano,
+                engineered=config.engineered,
+                sample=config.sample,
+                max_new_tokens=config.max_new_tokens,
             )
         except (InstanceError, PromptTooLongError) as error:
             _skip(log, index, record, str(error))
             continue
         entry = {**record.to_dict(), "dir": record.dir_name, **result.to_dict()}
         save_instance(
-            directory, result.stages, {"instance": record.to_dict(), "config": config, "log": entry}, image
+            directory, result.stages, {"instance": record.to_dict(), "config": settings, "log": entry}, image
         )
         log.add(index, entry)
     return log.path
@@ -182,4 +181,4 @@ def _index_of(record: Instance | InstanceError, position: int) -> int:
     return position if index is None else int(index)
 
 
-__all__ = ["run_volcano"]
+__all__ = ["AttendConfig", "run_attend", "run_volcano"]

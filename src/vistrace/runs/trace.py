@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +21,26 @@ from vistrace.hook.plan import KnockoutMode
 from vistrace.images import ImageError, open_image, resolve_image
 from vistrace.knockout.sweep import KnockoutRunner, Pathway
 from vistrace.models.loading import LoadedModel
-from vistrace.runs.folder import check_writable_target, iter_jsonl, open_run, write_atomic
+from vistrace.runs.config import TraceConfig, check_trace_options
+from vistrace.runs.export import EXPORT_FIELDS, export_results, read_results, result_problem
+from vistrace.runs.folder import open_run
 from vistrace.runs.store import JsonlStore
+
+__all__ = [
+    "EXPORT_FIELDS",
+    "RESULT_KEY",
+    "SampleError",
+    "TraceConfig",
+    "TraceSummary",
+    "answer_token_ids",
+    "check_trace_options",
+    "export_results",
+    "read_results",
+    "result_problem",
+    "run_trace",
+    "special_token_problem",
+    "trace",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +117,8 @@ def answer_token_ids(loaded: LoadedModel, sample: dict[str, Any]) -> list[int]:
         raise SampleError(f"`answer` must be text, not {type(sample['answer']).__name__}")
     else:
         raise SampleError("no `answer_tokens` and no `answer` text")
-    eos = loaded.model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    # The tokenizer's EOS too, when the generation config names others.
+    eos_ids = loaded.eos_ids | {tokenizer.eos_token_id}
     tokens = [t for t in tokens if t not in eos_ids]
     if not tokens:
         raise SampleError("the answer has no tokens to score once EOS is removed")
@@ -151,50 +168,52 @@ def _versions() -> dict[str, str]:
     }
 
 
-def check_trace_options(
-    pathways: Sequence[str],
-    ks: Sequence[int],
-    *,
-    mode: str = "strict",
-    strategy: str = "fast",
-    temperature: float | None = None,
-    limit: int | None = None,
-    n_layers: int | None = None,
-) -> list[Pathway]:
-    """The parsed pathways; ValueError (one line naming the option) for settings that cannot work.
+def run_trace(loaded: LoadedModel, config: TraceConfig) -> TraceSummary:
+    """Run the sweep of `config` for every sample of its data file; results go to
+    `out/results.jsonl`, failures to `out/skipped.jsonl`. Finished (sample, pathway, k) records are
+    not redone. A relative `image` is resolved against `config.images`, else the data file's folder.
 
-    The command line checks them before the model loads (`n_layers` None) and again with the
-    model's layer count; :func:`trace` itself accepts a window wider than the model (clipped at the
-    edges, :func:`vistrace.knockout.sweep.window_layers`)."""
-    if mode not in ("strict", "paper"):
-        raise ValueError(f"--mode {mode!r}: choose strict or paper")
-    if strategy not in ("fast", "naive"):
-        raise ValueError(f"--strategy {strategy!r}: choose fast or naive")
-    if not pathways:
-        raise ValueError("--pathways is empty: name at least one, e.g. image_to_last")
-    parsed = []
-    for name in pathways:
-        try:
-            parsed.append(Pathway.parse(name))
-        except ValueError as error:
-            raise ValueError(f"--pathways: {error}") from None
-    names = [p.name for p in parsed]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--pathways names {sorted({n for n in names if names.count(n) > 1})} twice")
-    if not ks:
-        raise ValueError("--k is empty: give a window size such as 9")
-    for k in ks:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
-            raise ValueError(f"--k {k!r}: a window size is a positive odd integer (1, 3, 9 …)")
-        if n_layers is not None and k > n_layers:
-            raise ValueError(f"--k {k}: larger than the model's {n_layers} layers")
-    if len(set(ks)) != len(ks):
-        raise ValueError(f"--k repeats a value: {list(ks)}")
-    if temperature is not None and not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"--temperature {temperature}: must be a positive number")
-    if limit is not None and limit < 0:
-        raise ValueError(f"--limit {limit}: must be 0 or more")
-    return parsed
+    The run folder (:func:`vistrace.runs.folder.open_run`) records the model, dtype, mode,
+    temperature and data file in `config.json` (:meth:`TraceConfig.run_settings`); a resume with
+    other ones is refused, as is a second process."""
+    parsed = config.parsed_pathways
+    runner = KnockoutRunner(loaded, mode=config.mode, temperature=config.temperature)
+    rows = _load_samples(config.data)[: config.limit if config.limit is not None else None]
+    model_name = str(loaded.path)
+    counts = {"traced": 0, "resumed": 0, "skipped": 0}
+    with open_run(config.out, "trace", config.run_settings(loaded)) as out:
+        results = JsonlStore(out / "results.jsonl", RESULT_KEY)
+        skipped_store = JsonlStore(out / "skipped.jsonl", ("id", "reason"))
+        for number, sample, error in tqdm(rows, desc=f"trace {config.mode}", unit="sample"):
+            sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
+            keys = [
+                {
+                    "id": sample_id,
+                    "pathway": p.name,
+                    "k": k,
+                    "mode": config.mode,
+                    "temperature": runner.temperature,
+                    "model": model_name,
+                }
+                for k in config.ks
+                for p in parsed
+            ]
+            if error is None and all(results.done(key) for key in keys):
+                counts["resumed"] += 1
+                continue
+            try:
+                if error is not None or sample is None:
+                    raise SampleError(error or "empty record")
+                results.append(_trace_sample(loaded, runner, sample, sample_id, config, parsed))
+                counts["traced"] += 1
+            except SampleError as problem:
+                log.warning("%s: line %d, sample %s skipped: %s", config.data, number, sample_id, problem)
+                skipped_store.append([{"id": sample_id, "line": number, "reason": str(problem)}])
+                counts["skipped"] += 1
+        total = len(results)
+    return TraceSummary(
+        len(rows), counts["traced"], counts["resumed"], counts["skipped"], total, Path(config.out)
+    )
 
 
 def trace(
@@ -210,74 +229,19 @@ def trace(
     limit: int | None = None,
     images_dir: str | Path | None = None,
 ) -> TraceSummary:
-    """Run the sweep for every sample of `data_file`; results go to `out_dir/results.jsonl`,
-    failures to `out_dir/skipped.jsonl`. Finished (sample, pathway, k) records are not redone.
-    A relative `image` is resolved against `images_dir`, else the folder of `data_file`.
-
-    The run folder (:func:`vistrace.runs.folder.open_run`) records the model, dtype, mode, temperature and
-    data file in `config.json`; a resume with other ones is refused, as is a second process."""
-    data_path = Path(data_file)
-    parsed = check_trace_options(
-        pathways, ks, mode=mode, strategy=strategy, temperature=temperature, limit=limit
+    """:func:`run_trace` with the :class:`TraceConfig` of these arguments."""
+    config = TraceConfig(
+        data=Path(data_file),
+        out=Path(out_dir),
+        pathways=tuple(pathways),
+        ks=tuple(ks),
+        mode=mode,
+        strategy=strategy,
+        temperature=temperature,
+        limit=limit,
+        images=None if images_dir is None else Path(images_dir),
     )
-    runner = KnockoutRunner(loaded, mode=mode, temperature=temperature)
-    rows = _load_samples(data_path)[: limit if limit is not None else None]
-    model_name = str(loaded.path)
-    config = {
-        "model": str(Path(loaded.path).resolve()),
-        "dtype": str(getattr(loaded.model, "dtype", "")).removeprefix("torch."),
-        "mode": mode,
-        "temperature": runner.temperature,
-        "data": str(data_path.resolve()),
-        "images": None if images_dir is None else str(Path(images_dir).resolve()),
-    }
-    counts = {"traced": 0, "resumed": 0, "skipped": 0}
-    max_positions = getattr(loaded.model.config.get_text_config(), "max_position_embeddings", None)
-    with open_run(out_dir, "trace", config) as out:
-        results = JsonlStore(out / "results.jsonl", RESULT_KEY)
-        skipped_store = JsonlStore(out / "skipped.jsonl", ("id", "reason"))
-        for number, sample, error in tqdm(rows, desc=f"trace {mode}", unit="sample"):
-            sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
-            keys = [
-                {
-                    "id": sample_id,
-                    "pathway": p.name,
-                    "k": k,
-                    "mode": mode,
-                    "temperature": runner.temperature,
-                    "model": model_name,
-                }
-                for k in ks
-                for p in parsed
-            ]
-            if error is None and all(results.done(key) for key in keys):
-                counts["resumed"] += 1
-                continue
-            try:
-                if error is not None or sample is None:
-                    raise SampleError(error or "empty record")
-                records = _trace_sample(
-                    loaded,
-                    runner,
-                    sample,
-                    sample_id,
-                    data_path,
-                    images_dir,
-                    parsed,
-                    ks,
-                    strategy,
-                    max_positions,
-                )
-                results.append(records)
-                counts["traced"] += 1
-            except SampleError as problem:
-                log.warning("%s: line %d, sample %s skipped: %s", data_path, number, sample_id, problem)
-                skipped_store.append([{"id": sample_id, "line": number, "reason": str(problem)}])
-                counts["skipped"] += 1
-        total = len(results)
-    return TraceSummary(
-        len(rows), counts["traced"], counts["resumed"], counts["skipped"], total, Path(out_dir)
-    )
+    return run_trace(loaded, config)
 
 
 def _trace_sample(
@@ -285,12 +249,8 @@ def _trace_sample(
     runner: KnockoutRunner,
     sample: dict[str, Any],
     sample_id: str,
-    data_path: Path,
-    images_dir: str | Path | None,
+    config: TraceConfig,
     parsed: list[Pathway],
-    ks: Sequence[int],
-    strategy: str,
-    max_positions: int | None,
 ) -> list[dict[str, Any]]:
     """The result records of one sample (one per pathway and k); SampleError when it cannot be run."""
     for field in ("image", "prompt"):
@@ -307,19 +267,20 @@ def _trace_sample(
     problem = special_token_problem(loaded, sample["prompt"])
     if problem:
         raise SampleError(problem)
-    image = _open_image(sample["image"], data_path, images_dir)
+    image = _open_image(sample["image"], config.data, config.images)
     answer = answer_token_ids(loaded, sample)
     try:
         prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, sample["prompt"])
     except ValueError as error:
         raise SampleError(f"the processor refused the sample ({' '.join(str(error).split())})") from None
     length = prepared.input_ids.shape[1] + len(answer)
-    if max_positions is not None and length > max_positions:
-        raise SampleError(f"prompt + answer is {length} tokens, the model's context is {max_positions}")
+    context = loaded.context_length
+    if context is not None and length > context:
+        raise SampleError(f"prompt + answer is {length} tokens, the model's context is {context}")
     model_name = str(loaded.path)
     records = []
-    for k in ks:
-        result = runner.run(prepared, answer, parsed, k, strategy)
+    for k in config.ks:
+        result = runner.run(prepared, answer, parsed, k, config.strategy)
         for pathway in parsed:
             records.append(
                 {
@@ -329,7 +290,7 @@ def _trace_sample(
                     "mode": runner.mode,
                     "temperature": runner.temperature,
                     "model": model_name,
-                    "strategy": strategy,
+                    "strategy": config.strategy,
                     "p_full": result.p_full,
                     "probs": result.probs[pathway.name],
                     "answer_tokens": list(result.answer_tokens),
@@ -342,109 +303,3 @@ def _trace_sample(
                 }
             )
     return records
-
-
-EXPORT_FIELDS = (
-    "id",
-    "pathway",
-    "k",
-    "mode",
-    "temperature",
-    "model",
-    "category",
-    "categories",
-    "dataset",
-    "p_full",
-    "probs",
-)
-
-
-def result_problem(record: dict[str, Any]) -> str | None:
-    """Why a line of `results.jsonl` cannot be used (missing or mistyped field), or None."""
-    for field in ("id", "pathway", "mode"):
-        if not isinstance(record.get(field), str):
-            return f"`{field}` is missing or not text"
-    if not isinstance(record.get("k"), int) or isinstance(record.get("k"), bool):
-        return "`k` is missing or not an integer"
-    p_full, probs = record.get("p_full"), record.get("probs")
-    if not isinstance(p_full, int | float) or isinstance(p_full, bool) or not math.isfinite(p_full):
-        return "`p_full` is missing or not a finite number"
-    if not isinstance(probs, list) or not probs:
-        return "`probs` is missing or not a list"
-    if not all(isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p) for p in probs):
-        return "`probs` holds a value that is not a finite number"
-    if record.get("category") is not None and not isinstance(record["category"], str):
-        return "`category` is not text"
-    categories = record.get("categories")
-    if categories is not None and not (
-        isinstance(categories, list) and all(isinstance(c, str) for c in categories)
-    ):
-        return "`categories` is not a list of text"
-    return None
-
-
-def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The usable records of `run_dir/results.jsonl`; a bad line is skipped with a warning naming
-    the file, line and reason. ValueError when the folder holds none."""
-    path = Path(run_dir) / "results.jsonl"
-    if not path.is_file():
-        raise ValueError(f"{run_dir}: no results.jsonl; is it a `vistrace trace` run folder?")
-    records = []
-    for number, record in iter_jsonl(path):
-        problem = result_problem(record)
-        if problem is not None:
-            log.warning("%s: line %d (id %s) skipped: %s", path, number, record.get("id"), problem)
-            continue
-        records.append(record)
-    if not records:
-        raise ValueError(f"{path}: no usable result; run `vistrace trace` into {run_dir} first")
-    return records
-
-
-def export_results(run_dir: str | Path, out_file: str | Path, fmt: str) -> Path:
-    """One row per (id, pathway, k, mode) with `p_full`, `probs` (per centre layer), category and
-    categories (CSV: joined with `|`). The run's own files are never overwritten; ValueError when
-    the run holds no usable result."""
-    if fmt not in ("jsonl", "csv", "parquet"):
-        raise ValueError(f"--format {fmt!r}: choose jsonl, csv or parquet")
-    target = check_writable_target(out_file)
-    rows: list[dict[str, Any]] = [{key: r.get(key) for key in EXPORT_FIELDS} for r in read_results(run_dir)]
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        write_atomic(target, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-    elif fmt == "csv":
-        write_atomic(target, lambda temporary: _write_csv(temporary, rows))
-    else:
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise RuntimeError("parquet export needs pyarrow: pip install pyarrow") from None
-        write_atomic(target, lambda temporary: pq.write_table(pa.Table.from_pylist(rows), temporary))
-    return target
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        n_layers = max((len(r["probs"]) for r in rows), default=0)
-        writer.writerow(
-            ["id", "pathway", "k", "mode", "temperature", "category", "categories", "p_full"]
-            + [f"prob_l{i}" for i in range(n_layers)]
-        )
-        for r in rows:
-            writer.writerow(
-                [
-                    r["id"],
-                    r["pathway"],
-                    r["k"],
-                    r["mode"],
-                    r["temperature"],
-                    r["category"],
-                    "|".join(r["categories"] or []),
-                    r["p_full"],
-                    *r["probs"],
-                ]
-            )
