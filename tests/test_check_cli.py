@@ -14,20 +14,13 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from typer.testing import CliRunner
 
 import vistrace.hook.seam as seam
+from vistrace import check
 from vistrace.cli import app
 from vistrace.models.tiny import FAMILIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
-CHECKS = (
-    "empty plan == model output",
-    "causality (explicit path)",
-    "blocking changes only targeted rows",
-    "blocking nothing changes nothing",
-    "image keys where the adapter says",
-    "fast == naive (k=3, 3-token answer)",
-    "capture leaves greedy tokens unchanged",
-)
+CHECKS = tuple(c.name for c in check.CHECKS)
 EMPTY_PLAN, CAUSALITY, TARGETED_ROWS, _, IMAGE_KEYS, _, _ = CHECKS
 
 
@@ -121,3 +114,29 @@ def test_check_fails_when_the_seam_ignores_the_plan(
     assert verdicts[EMPTY_PLAN] == "PASS"
     causality_line = next(line for line in output.splitlines() if line.startswith(CAUSALITY))
     assert "the explicit path was not run" in causality_line
+
+
+@pytest.mark.unit
+def test_the_tolerances_follow_the_dtype() -> None:
+    """float32's bounds are the ones check always had; half precision holds fewer bits, bfloat16 the
+    fewest (8 significant bits: a logit of 16-32 in steps of 0.125, eight times float16's)."""
+    f32, f16, bf16 = (check.tolerance_for(d) for d in (torch.float32, torch.float16, torch.bfloat16))
+    assert (f32.logit, f32.probability, f32.log_probability) == (1e-4, 1.1e-4, 1e-3)
+    assert (f16.logit, f16.probability, f16.log_probability) == (2e-2, 5.1e-2, 0.3)
+    assert (bf16.logit, bf16.probability, bf16.log_probability) == (0.25, 5.1e-2, 0.75)
+    for field in ("logit", "log_probability"):
+        assert getattr(f32, field) < getattr(f16, field) < getattr(bf16, field)
+    assert check.tolerance_for(torch.float64) == f32
+    assert all(t.why for t in check.TOLERANCES.values())
+
+
+def test_check_in_bfloat16_uses_the_bfloat16_tolerances(tiny_dirs: dict[str, Path]) -> None:
+    result = CliRunner().invoke(app, ["check", "--model", str(tiny_dirs["llava"]), "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("fast == naive"))
+    assert "PASS" in line and "(bfloat16: at most 0.051, 0.75)" in line, line
+
+
+def test_the_check_table_says_what_each_check_proves() -> None:
+    assert len(set(CHECKS)) == len(CHECKS) == 7
+    assert all(c.proves and callable(c.run) for c in check.CHECKS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image, ImageDraw
@@ -101,138 +101,251 @@ def _one_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResult]:
-    """Every contract, then every invariant, as `CheckResult`s; a check that raises is reported as
-    failed. When transformers breaks a contract, no invariant is run: its numbers would mean nothing."""
-    contracts, prepared = run_contracts(loaded)
-    if prepared is None or any(result.broken_contract for result in contracts):
-        return contracts
-    model, adapter = loaded.model, loaded.adapter
-    dtype = next(model.parameters()).dtype
-    tol = atol if atol is not None else (1e-4 if dtype == torch.float32 else 2e-2)
-    inputs = {k: v.to(loaded.device) for k, v in prepared.inputs.items()}
-    cross = adapter.cross_layers(model)
-    n_layers = adapter.num_layers(model)
+@dataclass(frozen=True)
+class Tolerance:
+    """How far two computations that are equal in exact arithmetic may drift apart at one dtype.
 
-    def logits(plan: Plan | None, feed: dict[str, torch.Tensor] = inputs) -> torch.Tensor:
+    `logit`: |Δlogit| (logits of size ~20); `probability`: |Δp| of the answer's probability;
+    `log_probability`: |Δ log p| of the check's 3-token answer; `why`: where the numbers come from."""
+
+    logit: float
+    probability: float
+    log_probability: float
+    why: str
+
+
+TOLERANCES: dict[torch.dtype, Tolerance] = {
+    torch.float32: Tolerance(
+        1e-4,
+        1.1e-4,
+        1e-3,
+        "24-bit significand (eps 1.2e-7): adding in another order moves a logit of ~20 by ~1e-5",
+    ),
+    torch.float16: Tolerance(
+        2e-2,
+        5.1e-2,
+        0.3,
+        "11-bit significand (eps 9.8e-4): a logit of 16-32 is held to steps of 0.016; log p 0.1 a token",
+    ),
+    torch.bfloat16: Tolerance(
+        0.25,
+        5.1e-2,
+        0.75,
+        "8-bit significand (eps 7.8e-3): a logit of 16-32 is held to steps of 0.125, 8 times float16's; "
+        "two steps for a logit, two for the log p of each answer token",
+    ),
+}
+"""The tolerances of `vistrace check` by the model's dtype (another dtype: float32's)."""
+
+
+def tolerance_for(dtype: torch.dtype) -> Tolerance:
+    return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What every invariant runs on: the model, the synthetic prompt on the model's device, the
+    model's own logits for it, and the tolerance of its dtype."""
+
+    loaded: LoadedModel
+    prepared: PreparedPrompt
+    inputs: dict[str, torch.Tensor]
+    reference: torch.Tensor
+    tolerance: Tolerance
+    dtype: torch.dtype
+
+    @property
+    def cross(self) -> frozenset[int]:
+        return self.loaded.adapter.cross_layers(self.loaded.model)
+
+    def logits(self, plan: Plan | None, feed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        model = self.loaded.model
         with torch.no_grad():
             if plan is None:
-                return model(**feed).logits.float()
+                return model(**(feed or self.inputs)).logits.float()
             with traced(model, plan):
-                return model(**feed).logits.float()
+                return model(**(feed or self.inputs)).logits.float()
 
-    reference = logits(None)
-
-    def knockout(src: Role, dst: Role, active: bool) -> Knockout:
+    def knockout(self, src: Role, dst: Role, active: bool) -> Knockout:
+        n_layers = self.loaded.adapter.num_layers(self.loaded.model)
         return Knockout(
-            roles=prepared.roles[None],
+            roles=self.prepared.roles[None],
             src=torch.tensor([int(src)], dtype=torch.int8),
             dst=torch.tensor([int(dst)], dtype=torch.int8),
             layers=torch.full((1, n_layers), active, dtype=torch.bool),
         )
 
-    def empty_plan() -> str:
-        diff = float((logits(Plan()) - reference).abs().max())
-        assert diff <= tol, f"max |logit difference| {diff:.3g} > {tol:g}"
-        return f"max |Δlogit| {diff:.2g}"
-
-    def causality() -> str:
-        # The explicit path only computes the rows a block targets; question rows have later keys
-        # (the template, the last token) that a lost causal mask would let them see.
-        plan = Plan(cross_layers=cross, knockout=knockout(Role.QUESTION, Role.QUESTION, True))
-        changed = dict(inputs)
-        ids = inputs["input_ids"].clone()
-        ids[0, -1] = (ids[0, -1] + 1) % int(model.get_input_embeddings().num_embeddings - 8)
-        changed["input_ids"] = ids
-        a, b = logits(plan)[0, :-1], logits(plan, changed)[0, :-1]
-        reached = float((a - reference[0, :-1]).abs().max())
-        assert reached > tol, "blocking question→question changed nothing: the explicit path was not run"
-        diff = float((a - b).abs().max())
-        assert diff <= tol, f"changing the last token moved earlier logits by {diff:.3g}"
-        return "earlier positions ignore a later token"
-
-    def targeted_rows() -> str:
-        plan = Plan(cross_layers=cross, knockout=knockout(Role.IMAGE, Role.LAST, True))
-        blocked = logits(plan)
-        others = float((blocked[0, :-1] - reference[0, :-1]).abs().max())
-        last = float((blocked[0, -1] - reference[0, -1]).abs().max())
-        assert others <= tol, f"rows other than last changed by {others:.3g}"
-        assert last > tol, "blocking image→last changed nothing: image keys not reached"
-        return f"last row Δ {last:.2g}, other rows Δ {others:.2g}"
-
-    def block_nothing() -> str:
-        diff = float(
-            (logits(Plan(cross_layers=cross, knockout=knockout(Role.IMAGE, Role.LAST, False))) - reference)
-            .abs()
-            .max()
+    def recorder(self) -> CaptureRecorder:
+        keys = self.prepared.image_keys
+        return CaptureRecorder(
+            layers=frozenset(self.loaded.adapter.image_layers(self.loaded.model)),
+            image_keys=None if keys is None else keys[None],
         )
-        assert diff <= tol, f"an inactive block changed logits by {diff:.3g}"
-        return f"max |Δlogit| {diff:.2g}"
 
-    def image_keys() -> str:
-        geometry = adapter.geometry(model, loaded.processor, prepared.image_size)
-        recorder = CaptureRecorder(
-            layers=frozenset(adapter.image_layers(model)),
-            image_keys=None if prepared.image_keys is None else prepared.image_keys[None],
-        )
-        with torch.no_grad(), traced(model, Plan(cross_layers=cross, capture=recorder)):
-            model(**inputs)
-        captured = recorder.stacked()
-        assert captured.shape[-1] == geometry.num_features, (
-            f"{captured.shape[-1]} image keys vs {geometry.num_features} features in the geometry"
-        )
-        return f"{geometry.num_features} image features in {len(recorder.rows)} layers"
 
-    def fast_equals_naive() -> str:
-        # Three answer tokens: a per-token input that is not extended with the fed answer tokens (a
-        # cross-attention mask row, token types, 3-d positions) changes the second and third scores.
-        with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-        answer = [int(t) for t in generated[0, inputs["input_ids"].shape[1] :]]
-        runner = KnockoutRunner(loaded, mode="strict")
-        pathways = [Pathway.parse(p) for p in PAPER_PATHWAYS]
-        fast = runner.run(prepared, answer, pathways, 3, "fast")
-        naive = runner.run(prepared, answer, pathways, 3, "naive")
-        pairs = [(a, b) for p in fast.probs for a, b in zip(fast.probs[p], naive.probs[p], strict=True)]
-        worst = max(abs(a - b) for a, b in pairs)
-        # Forced answer tokens can be unlikely, so their product tiny: compare log-probabilities too.
-        worst_log = max(abs(math.log(max(a, 1e-300)) - math.log(max(b, 1e-300))) for a, b in pairs)
-        bound = (1e-5 if dtype == torch.float32 else 1e-3) + (1e-4 if dtype == torch.float32 else 5e-2)
-        # Half precision: about one bf16 step of a logit of size ~20 per scored token.
-        log_bound = 1e-3 if dtype == torch.float32 else 0.1 * len(answer)
-        assert worst <= bound and worst_log <= log_bound, (
-            f"fast and naive differ by {worst:.3g} in p, {worst_log:.3g} in log p ({dtype})"
-        )
-        return f"max |Δp| {worst:.2g}, max |Δlog p| {worst_log:.2g} over {len(answer)} answer tokens"
+def _empty_plan(probe: _Probe) -> str:
+    tol = probe.tolerance.logit
+    diff = float((probe.logits(Plan()) - probe.reference).abs().max())
+    assert diff <= tol, f"max |logit difference| {diff:.3g} > {tol:g}"
+    return f"max |Δlogit| {diff:.2g}"
 
-    def capture_keeps_tokens() -> str:
-        kwargs = {"max_new_tokens": 6, "do_sample": False}
-        with torch.no_grad():
-            plain = model.generate(**inputs, **kwargs)
-            recorder = CaptureRecorder(
-                layers=frozenset(adapter.image_layers(model)),
-                image_keys=None if prepared.image_keys is None else prepared.image_keys[None],
-            )
-            with traced(model, Plan(cross_layers=cross, capture=recorder)):
-                captured = model.generate(**inputs, **kwargs)
-        assert torch.equal(plain, captured), "greedy tokens differ with capture on"
-        return "greedy tokens identical"
 
-    checks: list[tuple[str, Callable[[], str]]] = [
-        ("empty plan == model output", empty_plan),
-        ("causality (explicit path)", causality),
-        ("blocking changes only targeted rows", targeted_rows),
-        ("blocking nothing changes nothing", block_nothing),
-        ("image keys where the adapter says", image_keys),
-        ("fast == naive (k=3, 3-token answer)", fast_equals_naive),
-        ("capture leaves greedy tokens unchanged", capture_keeps_tokens),
-    ]
+def _causality(probe: _Probe) -> str:
+    # The explicit path only computes the rows a block targets; question rows have later keys
+    # (the template, the last token) that a lost causal mask would let them see.
+    tol = probe.tolerance.logit
+    plan = Plan(cross_layers=probe.cross, knockout=probe.knockout(Role.QUESTION, Role.QUESTION, True))
+    changed = dict(probe.inputs)
+    ids = probe.inputs["input_ids"].clone()
+    vocabulary = int(probe.loaded.model.get_input_embeddings().num_embeddings - 8)
+    ids[0, -1] = (ids[0, -1] + 1) % vocabulary
+    changed["input_ids"] = ids
+    a, b = probe.logits(plan)[0, :-1], probe.logits(plan, changed)[0, :-1]
+    reached = float((a - probe.reference[0, :-1]).abs().max())
+    assert reached > tol, "blocking question→question changed nothing: the explicit path was not run"
+    diff = float((a - b).abs().max())
+    assert diff <= tol, f"changing the last token moved earlier logits by {diff:.3g}"
+    return "earlier positions ignore a later token"
+
+
+def _targeted_rows(probe: _Probe) -> str:
+    tol = probe.tolerance.logit
+    blocked = probe.logits(
+        Plan(cross_layers=probe.cross, knockout=probe.knockout(Role.IMAGE, Role.LAST, True))
+    )
+    others = float((blocked[0, :-1] - probe.reference[0, :-1]).abs().max())
+    last = float((blocked[0, -1] - probe.reference[0, -1]).abs().max())
+    assert others <= tol, f"rows other than last changed by {others:.3g}"
+    assert last > tol, "blocking image→last changed nothing: image keys not reached"
+    return f"last row Δ {last:.2g}, other rows Δ {others:.2g}"
+
+
+def _block_nothing(probe: _Probe) -> str:
+    tol = probe.tolerance.logit
+    plan = Plan(cross_layers=probe.cross, knockout=probe.knockout(Role.IMAGE, Role.LAST, False))
+    diff = float((probe.logits(plan) - probe.reference).abs().max())
+    assert diff <= tol, f"an inactive block changed logits by {diff:.3g}"
+    return f"max |Δlogit| {diff:.2g}"
+
+
+def _image_keys(probe: _Probe) -> str:
+    loaded = probe.loaded
+    geometry = loaded.adapter.geometry(loaded.model, loaded.processor, probe.prepared.image_size)
+    recorder = probe.recorder()
+    with torch.no_grad(), traced(loaded.model, Plan(cross_layers=probe.cross, capture=recorder)):
+        loaded.model(**probe.inputs)
+    captured = recorder.stacked()
+    assert captured.shape[-1] == geometry.num_features, (
+        f"{captured.shape[-1]} image keys vs {geometry.num_features} features in the geometry"
+    )
+    return f"{geometry.num_features} image features in {len(recorder.rows)} layers"
+
+
+def _fast_equals_naive(probe: _Probe) -> str:
+    # Three answer tokens: a per-token input that is not extended with the fed answer tokens (a
+    # cross-attention mask row, token types, 3-d positions) changes the second and third scores.
+    generated = probe.loaded.generate(probe.inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    answer = [int(t) for t in generated[0]]
+    runner = KnockoutRunner(probe.loaded, mode="strict")
+    pathways = [Pathway.parse(p) for p in PAPER_PATHWAYS]
+    fast = runner.run(probe.prepared, answer, pathways, 3, "fast")
+    naive = runner.run(probe.prepared, answer, pathways, 3, "naive")
+    pairs = [(a, b) for p in fast.probs for a, b in zip(fast.probs[p], naive.probs[p], strict=True)]
+    worst = max(abs(a - b) for a, b in pairs)
+    # Forced answer tokens can be unlikely, so their product tiny: compare log-probabilities too.
+    worst_log = max(abs(math.log(max(a, 1e-300)) - math.log(max(b, 1e-300))) for a, b in pairs)
+    bound, log_bound = probe.tolerance.probability, probe.tolerance.log_probability
+    assert worst <= bound and worst_log <= log_bound, (
+        f"fast and naive differ by {worst:.3g} in p, {worst_log:.3g} in log p "
+        f"({str(probe.dtype).removeprefix('torch.')}: at most {bound:g}, {log_bound:g})"
+    )
+    return (
+        f"max |Δp| {worst:.2g}, max |Δlog p| {worst_log:.2g} over {len(answer)} answer tokens "
+        f"({str(probe.dtype).removeprefix('torch.')}: at most {bound:g}, {log_bound:g})"
+    )
+
+
+def _capture_keeps_tokens(probe: _Probe) -> str:
+    loaded, options = probe.loaded, {"max_new_tokens": 6, "do_sample": False}
+    plain = loaded.generate(probe.inputs, **options)
+    with traced(loaded.model, Plan(cross_layers=probe.cross, capture=probe.recorder())):
+        captured = loaded.generate(probe.inputs, **options)
+    assert torch.equal(plain, captured), "greedy tokens differ with capture on"
+    return "greedy tokens identical"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One invariant of the seam on the user's model: its name (the line `vistrace check` prints),
+    the function that runs it (returns a detail, raises when it fails) and what it proves."""
+
+    name: str
+    run: Callable[[_Probe], str]
+    proves: str
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "empty plan == model output",
+        _empty_plan,
+        "with nothing to do, the seam hands every attention call to sdpa untouched",
+    ),
+    Check(
+        "causality (explicit path)",
+        _causality,
+        "the rows the seam computes itself get the causal mask: no position sees a later one",
+    ),
+    Check(
+        "blocking changes only targeted rows",
+        _targeted_rows,
+        "a block reaches the image keys and changes the rows it targets, no other",
+    ),
+    Check(
+        "blocking nothing changes nothing",
+        _block_nothing,
+        "a plan whose block is inactive in every layer leaves the output as it is",
+    ),
+    Check(
+        "image keys where the adapter says",
+        _image_keys,
+        "the adapter's image positions are as many as its geometry's image features",
+    ),
+    Check(
+        "fast == naive (k=3, 3-token answer)",
+        _fast_equals_naive,
+        "the fast strategy scores what one full pass per window scores, within the dtype's tolerance",
+    ),
+    Check(
+        "capture leaves greedy tokens unchanged",
+        _capture_keeps_tokens,
+        "capturing attention does not change what the model generates",
+    ),
+)
+"""The invariants `vistrace check` runs, in order, after the contracts."""
+
+
+def run_checks(loaded: LoadedModel, atol: float | None = None) -> list[CheckResult]:
+    """Every contract, then every invariant of :data:`CHECKS`, as `CheckResult`s; a check that
+    raises is reported as failed. When transformers breaks a contract, no invariant is run: its
+    numbers would mean nothing. The tolerances follow the model's dtype (:data:`TOLERANCES`);
+    `atol` replaces the logit tolerance."""
+    contracts, prepared = run_contracts(loaded)
+    if prepared is None or any(result.broken_contract for result in contracts):
+        return contracts
+    dtype = next(loaded.model.parameters()).dtype
+    tolerance = tolerance_for(dtype)
+    if atol is not None:
+        tolerance = replace(tolerance, logit=atol)
+    inputs = {k: v.to(loaded.device) for k, v in prepared.inputs.items()}
+    with torch.no_grad():
+        reference = loaded.model(**inputs).logits.float()
+    probe = _Probe(loaded, prepared, inputs, reference, tolerance, dtype)
     results = list(contracts)
-    for name, check in checks:
+    for check in CHECKS:
         try:
-            results.append(CheckResult(name, True, check()))
+            results.append(CheckResult(check.name, True, check.run(probe)))
         except Exception as error:  # a failing invariant is reported, not raised
-            results.append(CheckResult(name, False, f"{type(error).__name__}: {error}"))
+            results.append(CheckResult(check.name, False, f"{type(error).__name__}: {error}"))
     return results
 
 
