@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
@@ -105,3 +106,97 @@ def test_eval_reads_an_original_checkpoint_naming_a_hub_tower(
     assert result.exit_code == 0, result.output
     (prediction,) = read_jsonl(tmp_path / "run" / "predictions.jsonl")
     assert prediction["id"] == "1" and prediction["image"] == str(tmp_path / "x.png")
+
+
+def test_the_model_options_default_to_auto_and_say_the_rule() -> None:
+    options = _options(_commands()["check"])
+    assert options["--dtype"].default == "auto"
+    assert "auto: the checkpoint's own dtype" in options["--dtype"].help
+    assert "float32 on a CPU" in options["--dtype"].help
+    assert options["--device"].default is None and "the GPU when one is present" in options["--device"].help
+
+
+@pytest.mark.parametrize("command", ["check", "eval", "trace", "attend"])
+def test_without_a_device_the_gpu_is_used_when_present(
+    command: str, recorded: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        app, [command, "--model", str(tmp_path / "ckpt"), *_arguments(command, tmp_path)]
+    )
+    assert result.exit_code == 1 and "Error: loader reached" in result.output, result.output
+    assert recorded[0]["dtype"] == "auto" and recorded[0]["device"] == "auto"
+    assert recorded[0]["device_map"] is None
+
+
+def test_a_tilde_is_expanded_in_path_options(
+    recorded: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _arguments("eval", tmp_path)
+    options = ["--model", "~/ckpt", "--vision-tower", "~/clip", "--dataset", "jsonl"]
+    options += ["--annotations", "~/data.jsonl", "--images", "~", "--out", "~/run"]
+    result = CliRunner().invoke(app, ["eval", *options])
+    assert result.exit_code == 1 and "Error: loader reached" in result.output, result.output
+    assert recorded[0]["path"] == tmp_path / "ckpt" and recorded[0]["vision_tower"] == str(tmp_path / "clip")
+    assert (tmp_path / "run").is_dir() and not Path("~").exists()
+
+
+def _every_command() -> list[list[str]]:
+    group: Any = typer.main.get_command(app)
+    paths = [[]] + [[name] for name in group.commands if name != "plot"]
+    return paths + [["plot", name] for name in group.commands["plot"].commands]
+
+
+@pytest.mark.parametrize("path", _every_command(), ids=lambda path: " ".join(path) or "vistrace")
+def test_h_shows_the_help_and_flags_take_no_value(path: list[str]) -> None:
+    result = CliRunner().invoke(app, [*path, "-h"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "--help" in result.output
+    assert "<bool>" not in result.output
+
+
+@pytest.mark.unit
+def test_auto_dtype_is_the_checkpoints_on_a_gpu_and_float32_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, config in {
+        "dtype": {"dtype": "bfloat16"},
+        "torch_dtype": {"torch_dtype": "float16"},
+        "text": {"text_config": {"dtype": "bfloat16"}},
+        "none": {},
+        "unknown": {"dtype": "float8_e4m3fn"},
+    }.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    expected = {
+        "dtype": torch.bfloat16,
+        "torch_dtype": torch.float16,
+        "text": torch.bfloat16,
+        "none": torch.float32,
+        "unknown": torch.float32,
+    }
+    for name, dtype in expected.items():
+        assert loading.choose_dtype("auto", tmp_path / name, "cuda") == dtype, name
+        assert loading.choose_dtype("auto", tmp_path / name, "cuda:1") == dtype, name
+        assert loading.choose_dtype("auto", tmp_path / name, None) == torch.float32, name
+        assert loading.choose_dtype("auto", tmp_path / name, "cpu") == torch.float32, name
+        assert loading.choose_dtype("float16", tmp_path / name, None) == torch.float16, name
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert loading.choose_dtype("auto", tmp_path / "dtype", None, "auto") == torch.bfloat16
+    assert loading.choose_dtype("auto", tmp_path / "dtype", None, {"": "cpu"}) == torch.float32
+    assert loading.resolve_device("auto") == "cuda" and loading.resolve_device("auto", "auto") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loading.choose_dtype("auto", tmp_path / "dtype", None, "auto") == torch.float32
+    assert loading.resolve_device("auto") is None and loading.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown dtype 'float64'; choose auto or one of"):
+        loading.choose_dtype("float64", tmp_path / "none")
+    with pytest.raises(ValueError, match="device 'gpu0': not a torch device"):
+        loading.choose_dtype("auto", tmp_path / "none", "gpu0")
+
+
+def test_load_auto_is_float32_on_the_cpu(tiny_dirs: dict[str, Path]) -> None:
+    import vistrace
+
+    model = vistrace.load(tiny_dirs["llava"], dtype="auto", device="cpu")
+    assert model.model.dtype == torch.float32 and model.loaded.device.type == "cpu"
+    assert loading.load(tiny_dirs["mllama"]).model.dtype == torch.float32

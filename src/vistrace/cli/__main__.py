@@ -1,0 +1,5 @@
+"""`python -m vistrace.cli`: the command line."""
+
+from vistrace.cli import main
+
+main()
