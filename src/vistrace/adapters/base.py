@@ -1,9 +1,12 @@
-"""What an adapter tells the seam about one model family, and the values it returns."""
+"""What an adapter tells the seam about one model family, the values it returns, and what several
+families share: inline image tokens, prompts the processor expands, image-only processors, geometry
+of square frames."""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -12,13 +15,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.hooks import RemovableHandle
+from transformers.utils import is_torchvision_available
 
 from vistrace import compat
 from vistrace.adapters import decoder
 from vistrace.images import to_rgb
 from vistrace.roles import Prompt, render_prompt, resolve_roles
 
+logger = logging.getLogger(__name__)
+
 FeatureKind = Literal["patch", "cls", "padding"]
+Frame = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -176,22 +183,7 @@ class Adapter(abc.ABC):
 
     def prepare(self, model: Any, processor: Any, image: Image.Image, question: str) -> PreparedPrompt:
         """Render the chat prompt, run the processor and resolve roles for one image + question."""
-        image = self.prepare_image(processor, image)
-        prompt = render_prompt(processor, question)
-        inputs = processor(
-            images=image,
-            text=prompt.text,
-            add_special_tokens=prompt.add_special_tokens,
-            return_tensors="pt",
-        )
-        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        ids = inputs["input_ids"][0]
-        image_token = self.image_token_id(model)
-        roles = resolve_roles(
-            processor.tokenizer, prompt, ids.tolist(), image_token, inline_image=self.family == "inline"
-        )
-        image_rows, image_keys = self._image_rows_and_keys(inputs, image_token)
-        return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+        return _prepare(self, model, processor, image, question, expanded=False)
 
     def image_keys(self, model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """(N,) absolute key positions of the image features of processor output `inputs` (batch 1),
@@ -212,5 +204,162 @@ class Adapter(abc.ABC):
         return []
 
 
+class InlineAdapter(Adapter):
+    """A family whose image features stand inline in the text: one per `config.image_token_id`
+    position, every row may see them, no cross-attention layer (`text_config.num_hidden_layers`
+    decoder layers). A family adds its geometry and what else differs."""
+
+    family: Literal["inline", "cross"] = "inline"
+
+    def num_layers(self, model: Any) -> int:
+        return int(model.config.text_config.num_hidden_layers)
+
+    def cross_layers(self, model: Any) -> frozenset[int]:
+        return frozenset()
+
+    def image_token_id(self, model: Any) -> int:
+        return int(model.config.image_token_id)
+
+    def _image_rows_and_keys(
+        self, inputs: dict[str, torch.Tensor], image_token: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = inputs["input_ids"][0]
+        keys = torch.nonzero(ids == image_token).flatten()
+        return torch.ones(ids.shape[0], dtype=torch.bool), keys
+
+
 class UnsupportedModelError(ValueError):
     """No adapter is registered for a model type."""
+
+
+def expanded_prompt(prompt: Prompt, replacements: Sequence[Mapping[str, Any]]) -> Prompt:
+    """`prompt` with the processor's replacements applied (its `text_replacement_offsets` entries of
+    one sample: original `span` and `replacement` string), the question span shifted to match."""
+    pieces: list[str] = []
+    cursor = 0
+    q_start, q_end = prompt.question_span
+    shift = 0
+    for item in sorted(replacements, key=lambda r: int(r["span"][0])):
+        start, end = (int(v) for v in item["span"])
+        replacement = str(item["replacement"])
+        pieces.append(prompt.text[cursor:start])
+        pieces.append(replacement)
+        cursor = end
+        if end <= q_start:
+            shift += len(replacement) - (end - start)
+        elif start < q_end:
+            raise ValueError("an image placeholder lies inside the question; cannot locate the question")
+    pieces.append(prompt.text[cursor:])
+    return Prompt("".join(pieces), (q_start + shift, q_end + shift), prompt.add_special_tokens)
+
+
+def prepare_expanded(
+    adapter: Adapter, model: Any, processor: Any, image: Image.Image, question: str
+) -> PreparedPrompt:
+    """`Adapter.prepare` for a processor that replaces the chat template's image placeholder by more
+    than a run of image tokens (frame or delimiter tokens around them): the processor reports its
+    replacements (`return_text_replacement_offsets`), roles are resolved on the expanded text it
+    tokenised (every image token `IMAGE`, the added frame tokens `TEMPLATE`), and the returned
+    `prompt` stays the chat-template text with one placeholder, what the processor is given."""
+    return _prepare(adapter, model, processor, image, question, expanded=True)
+
+
+def _prepare(
+    adapter: Adapter, model: Any, processor: Any, image: Image.Image, question: str, *, expanded: bool
+) -> PreparedPrompt:
+    image = adapter.prepare_image(processor, image)
+    prompt = render_prompt(processor, question)
+    offsets = {"return_text_replacement_offsets": True} if expanded else {}
+    outputs = processor(
+        images=image,
+        text=prompt.text,
+        add_special_tokens=prompt.add_special_tokens,
+        return_tensors="pt",
+        **offsets,
+    )
+    inputs = {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+    ids = inputs["input_ids"][0]
+    image_token = adapter.image_token_id(model)
+    # An expanded prompt is the text the processor tokenised: its image tokens stand inline.
+    tokenised = expanded_prompt(prompt, outputs["text_replacement_offsets"][0]) if expanded else prompt
+    roles = resolve_roles(
+        processor.tokenizer,
+        tokenised,
+        ids.tolist(),
+        image_token,
+        inline_image=expanded or adapter.family == "inline",
+    )
+    image_rows, image_keys = adapter._image_rows_and_keys(inputs, image_token)
+    return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+
+
+_IMAGE_ONLY_ATTRIBUTES = ["image_processor", "tokenizer"]
+_image_only_classes: dict[type[Any], type[Any]] = {}
+
+
+def image_only_processor_class(processor_class: type[Any]) -> type[Any]:
+    """`processor_class` without its video processor: sub-processors = image processor + tokenizer.
+
+    It keeps the family's class name, so `save_pretrained` records the real `processor_class` and a
+    machine with torchvision loads the full processor with `AutoProcessor`; `from_pretrained` loads
+    only the image processor (`AutoImageProcessor`) and the tokenizer."""
+    if processor_class not in _image_only_classes:
+
+        def get_attributes(cls: type[Any]) -> list[str]:
+            return list(_IMAGE_ONLY_ATTRIBUTES)
+
+        _image_only_classes[processor_class] = type(
+            processor_class.__name__,
+            (processor_class,),
+            {
+                "get_attributes": classmethod(get_attributes),
+                "__module__": __name__,
+                "__doc__": f"{processor_class.__name__} for images only (no video processor).",
+            },
+        )
+    return _image_only_classes[processor_class]
+
+
+def load_processor_with_image_only_fallback(path: str | Path, processor_class: type[Any]) -> Any:
+    """The processor at `path`: `AutoProcessor` where torchvision is installed, else `processor_class`
+    for images only (`image_only_processor_class`, logged in one line; its video processor needs
+    torchvision)."""
+    from transformers import AutoProcessor
+
+    if is_torchvision_available():
+        return AutoProcessor.from_pretrained(path)
+    logger.warning(
+        "torchvision is not installed: %s loaded for images only (video inputs need torchvision)",
+        processor_class.__name__,
+    )
+    return image_only_processor_class(processor_class).from_pretrained(path)
+
+
+def grid_frames(rows: int, cols: int, image_size: tuple[int, int]) -> list[Frame]:
+    """The `rows` × `cols` equal cells of an image of `image_size` (width, height), row-major, as
+    (x0, y0, x1, y1) px."""
+    width, height = image_size
+    tile_w, tile_h = width / cols, height / rows
+    return [
+        (c * tile_w, r * tile_h, (c + 1) * tile_w, (r + 1) * tile_h) for r in range(rows) for c in range(cols)
+    ]
+
+
+def frames_geometry(frames: Sequence[Frame], per_side: int, image_size: tuple[int, int]) -> Geometry:
+    """Geometry of an image seen as `frames` (x0, y0, x1, y1 in original-image px of `image_size`
+    (width, height)), each stretched to a square of `per_side`² patch features, row-major; features
+    follow the frames' order, boxes clipped to the image."""
+    width, height = image_size
+    n = per_side
+    i, j = np.divmod(np.arange(n * n), n)
+    boxes = []
+    grids = []
+    for index, (x0, y0, x1, y1) in enumerate(frames):
+        cell_w, cell_h = (x1 - x0) / n, (y1 - y0) / n
+        boxes.append(
+            np.stack([x0 + j * cell_w, y0 + i * cell_h, x0 + (j + 1) * cell_w, y0 + (i + 1) * cell_h], 1)
+        )
+        grids.append(Grid(index * n * n, n, n, (x0, y0, x1, y1)))
+    all_boxes = np.minimum(np.concatenate(boxes).astype(float), [width, height, width, height])
+    patch_kind: FeatureKind = "patch"
+    return Geometry(all_boxes, (patch_kind,) * len(all_boxes), tuple(grids), (width, height))

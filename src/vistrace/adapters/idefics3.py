@@ -40,68 +40,19 @@ Language model
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid, PreparedPrompt
-from vistrace.roles import Prompt, render_prompt, resolve_roles
-
-
-def expanded_prompt(prompt: Prompt, replacements: Sequence[Mapping[str, Any]]) -> Prompt:
-    """`prompt` with the processor's replacements applied (its `text_replacement_offsets` entries of
-    one sample: original `span` and `replacement` string), the question span shifted to match."""
-    pieces: list[str] = []
-    cursor = 0
-    q_start, q_end = prompt.question_span
-    shift = 0
-    for item in sorted(replacements, key=lambda r: int(r["span"][0])):
-        start, end = (int(v) for v in item["span"])
-        replacement = str(item["replacement"])
-        pieces.append(prompt.text[cursor:start])
-        pieces.append(replacement)
-        cursor = end
-        if end <= q_start:
-            shift += len(replacement) - (end - start)
-        elif start < q_end:
-            raise ValueError("an image placeholder lies inside the question; cannot locate the question")
-    pieces.append(prompt.text[cursor:])
-    return Prompt("".join(pieces), (q_start + shift, q_end + shift), prompt.add_special_tokens)
-
-
-def prepare_expanded(
-    adapter: Adapter, model: Any, processor: Any, image: Image.Image, question: str
-) -> PreparedPrompt:
-    """`Adapter.prepare` for a processor that replaces the chat template's image placeholder by more
-    than a run of image tokens (frame or delimiter tokens around them): the processor reports its
-    replacements (`return_text_replacement_offsets`), roles are resolved on the expanded text it
-    tokenised (every image token `IMAGE`, the added frame tokens `TEMPLATE`), and the returned
-    `prompt` stays the chat-template text with one placeholder, what the processor is given."""
-    image = adapter.prepare_image(processor, image)
-    prompt = render_prompt(processor, question)
-    outputs = processor(
-        images=image,
-        text=prompt.text,
-        add_special_tokens=prompt.add_special_tokens,
-        return_tensors="pt",
-        return_text_replacement_offsets=True,
-    )
-    replacements = outputs["text_replacement_offsets"][0]
-    inputs = {k: v for k, v in outputs.items() if isinstance(v, torch.Tensor)}
-    ids = inputs["input_ids"][0]
-    image_token = adapter.image_token_id(model)
-    roles = resolve_roles(
-        processor.tokenizer,
-        expanded_prompt(prompt, replacements),
-        ids.tolist(),
-        image_token,
-        inline_image=True,
-    )
-    image_rows, image_keys = adapter._image_rows_and_keys(inputs, image_token)
-    return PreparedPrompt(inputs, prompt, roles, image_rows, image_keys, image.size)
+from vistrace.adapters.base import (
+    Geometry,
+    InlineAdapter,
+    PreparedPrompt,
+    frames_geometry,
+    grid_frames,
+    prepare_expanded,
+)
 
 
 def split_grid(image_processor: Any, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -140,51 +91,15 @@ def frame_geometry(
     if side % (patch_size * scale_factor):
         raise ValueError(f"square {side} px is not divisible by patch {patch_size} × scale {scale_factor}")
     n = side // (patch_size * scale_factor)
-    width, height = image_size
-    frames: list[tuple[float, float, float, float]] = []
-    if rows:
-        tile_w, tile_h = width / cols, height / rows
-        frames = [
-            (c * tile_w, r * tile_h, (c + 1) * tile_w, (r + 1) * tile_h)
-            for r in range(rows)
-            for c in range(cols)
-        ]
-    frames.append((0.0, 0.0, float(width), float(height)))
-    i, j = np.divmod(np.arange(n * n), n)
-    boxes = []
-    grids = []
-    for index, (x0, y0, x1, y1) in enumerate(frames):
-        cell_w, cell_h = (x1 - x0) / n, (y1 - y0) / n
-        boxes.append(
-            np.stack([x0 + j * cell_w, y0 + i * cell_h, x0 + (j + 1) * cell_w, y0 + (i + 1) * cell_h], 1)
-        )
-        grids.append(Grid(index * n * n, n, n, (x0, y0, x1, y1)))
-    all_boxes = np.minimum(np.concatenate(boxes).astype(float), [width, height, width, height])
-    patch_kind: FeatureKind = "patch"
-    return Geometry(all_boxes, (patch_kind,) * len(all_boxes), tuple(grids), (width, height))
+    frames = grid_frames(rows, cols, image_size) if rows else []
+    frames.append((0.0, 0.0, float(image_size[0]), float(image_size[1])))
+    return frames_geometry(frames, n, image_size)
 
 
-class Idefics3Adapter(Adapter):
+class Idefics3Adapter(InlineAdapter):
     """Idefics3: (rows·cols + 1) · image_seq_len inline `<image>` positions framed by template tokens."""
 
     model_type = "idefics3"
-    family = "inline"
-
-    def num_layers(self, model: Any) -> int:
-        return int(model.config.text_config.num_hidden_layers)
-
-    def cross_layers(self, model: Any) -> frozenset[int]:
-        return frozenset()
-
-    def image_token_id(self, model: Any) -> int:
-        return int(model.config.image_token_id)
-
-    def _image_rows_and_keys(
-        self, inputs: dict[str, torch.Tensor], image_token: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = inputs["input_ids"][0]
-        keys = torch.nonzero(ids == image_token).flatten()
-        return torch.ones(ids.shape[0], dtype=torch.bool), keys
 
     def prepare(self, model: Any, processor: Any, image: Image.Image, question: str) -> PreparedPrompt:
         """As `Adapter.prepare`, with roles resolved on the text the processor tokenised: its frame
@@ -218,8 +133,6 @@ __all__ = [
     "IDEFICS3_ADAPTERS",
     "Idefics3Adapter",
     "SmolVLMAdapter",
-    "expanded_prompt",
     "frame_geometry",
-    "prepare_expanded",
     "split_grid",
 ]

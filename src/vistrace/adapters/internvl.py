@@ -41,23 +41,23 @@ Processor without torchvision
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from PIL import Image
 from transformers import InternVLProcessor
-from transformers.utils import is_torchvision_available
 
-from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid, PreparedPrompt
-from vistrace.adapters.idefics3 import prepare_expanded
-from vistrace.adapters.qwen2_vl import image_only_processor_class
-
-logger = logging.getLogger(__name__)
+from vistrace.adapters.base import (
+    Geometry,
+    InlineAdapter,
+    PreparedPrompt,
+    frames_geometry,
+    grid_frames,
+    load_processor_with_image_only_fallback,
+    prepare_expanded,
+)
 
 REMOTE_CODE_MODEL_TYPES = frozenset({"internvl_chat"})
 
@@ -65,15 +65,7 @@ REMOTE_CODE_MODEL_TYPES = frozenset({"internvl_chat"})
 def load_internvl_processor(path: str | Path) -> Any:
     """The processor of the InternVL `-hf` checkpoint at `path`: `AutoProcessor` where torchvision is
     installed, else `InternVLProcessor` for images only (logged in one line)."""
-    from transformers import AutoProcessor
-
-    if is_torchvision_available():
-        return AutoProcessor.from_pretrained(path)
-    logger.warning(
-        "torchvision is not installed: InternVLProcessor loaded for images only "
-        "(video inputs need torchvision)"
-    )
-    return image_only_processor_class(InternVLProcessor).from_pretrained(path)
+    return load_processor_with_image_only_fallback(path, InternVLProcessor)
 
 
 def canvas_function(image_processor: Any) -> Callable[..., tuple[int, int]]:
@@ -118,26 +110,10 @@ def tile_geometry(rows: int, cols: int, per_side: int, image_size: tuple[int, in
     """Geometry of one image cut into `rows` × `cols` tiles (plus a thumbnail when more than one),
     each with `per_side`² features row-major. Boxes (N, 4) in original-image pixels of `image_size`
     (width, height): tiles row-major, then the thumbnail, which covers the whole image."""
-    width, height = image_size
-    tile_w, tile_h = width / cols, height / rows
-    frames = [
-        (c * tile_w, r * tile_h, (c + 1) * tile_w, (r + 1) * tile_h) for r in range(rows) for c in range(cols)
-    ]
+    frames = grid_frames(rows, cols, image_size)
     if len(frames) > 1:
-        frames.append((0.0, 0.0, float(width), float(height)))
-    n = per_side
-    i, j = np.divmod(np.arange(n * n), n)
-    boxes = []
-    grids = []
-    for index, (x0, y0, x1, y1) in enumerate(frames):
-        cell_w, cell_h = (x1 - x0) / n, (y1 - y0) / n
-        boxes.append(
-            np.stack([x0 + j * cell_w, y0 + i * cell_h, x0 + (j + 1) * cell_w, y0 + (i + 1) * cell_h], 1)
-        )
-        grids.append(Grid(index * n * n, n, n, (x0, y0, x1, y1)))
-    all_boxes = np.minimum(np.concatenate(boxes).astype(float), [width, height, width, height])
-    patch_kind: FeatureKind = "patch"
-    return Geometry(all_boxes, (patch_kind,) * len(all_boxes), tuple(grids), (width, height))
+        frames.append((0.0, 0.0, float(image_size[0]), float(image_size[1])))
+    return frames_geometry(frames, per_side, image_size)
 
 
 def _side(value: Any) -> int:
@@ -149,12 +125,11 @@ def _side(value: Any) -> int:
     return int(value)
 
 
-class InternVLAdapter(Adapter):
+class InternVLAdapter(InlineAdapter):
     """InternVL `-hf`: tiles × `image_seq_length` inline `<IMG_CONTEXT>` positions inside
     `<img>` … `</img>`."""
 
     model_type = "internvl"
-    family = "inline"
 
     def structure_error(self, config: Any) -> str | None:
         """The original remote-code checkpoints are not what transformers reads."""
@@ -169,22 +144,6 @@ class InternVLAdapter(Adapter):
 
     def load_processor(self, path: str | Path) -> Any:
         return load_internvl_processor(path)
-
-    def num_layers(self, model: Any) -> int:
-        return int(model.config.text_config.num_hidden_layers)
-
-    def cross_layers(self, model: Any) -> frozenset[int]:
-        return frozenset()
-
-    def image_token_id(self, model: Any) -> int:
-        return int(model.config.image_token_id)
-
-    def _image_rows_and_keys(
-        self, inputs: dict[str, torch.Tensor], image_token: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = inputs["input_ids"][0]
-        keys = torch.nonzero(ids == image_token).flatten()
-        return torch.ones(ids.shape[0], dtype=torch.bool), keys
 
     def prepare(self, model: Any, processor: Any, image: Image.Image, question: str) -> PreparedPrompt:
         """As `Adapter.prepare`, with `<img>` / `</img>` resolved as template (`prepare_expanded`)."""

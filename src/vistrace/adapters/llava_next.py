@@ -33,7 +33,6 @@ which needs torchvision: without it the processor loads for images only.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -48,12 +47,14 @@ from transformers.models.llava_next.modeling_llava_next import unpad_image
 from transformers.models.llava_onevision.modeling_llava_onevision import (
     unpad_image as onevision_unpad_image,
 )
-from transformers.utils import is_torchvision_available
 
-from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid
-from vistrace.adapters.qwen2_vl import image_only_processor_class
-
-logger = logging.getLogger(__name__)
+from vistrace.adapters.base import (
+    FeatureKind,
+    Geometry,
+    Grid,
+    InlineAdapter,
+    load_processor_with_image_only_fallback,
+)
 
 Box = tuple[float, float, float, float]
 
@@ -94,11 +95,10 @@ def kept_grid_cells(
     return kept // cols, kept % cols
 
 
-class LlavaNextAdapter(Adapter):
+class LlavaNextAdapter(InlineAdapter):
     """LLaVA-NeXT: base tile + unpadded anyres grid + one newline per grid row, all inline."""
 
     model_type = "llava_next"
-    family = "inline"
     _unpad = staticmethod(unpad_image)
 
     def structure_error(self, config: Any) -> str | None:
@@ -110,21 +110,6 @@ class LlavaNextAdapter(Adapter):
                 "(the anyres packing needs 'default', the CLS dropped)"
             )
         return None
-
-    def num_layers(self, model: Any) -> int:
-        return int(model.config.text_config.num_hidden_layers)
-
-    def cross_layers(self, model: Any) -> frozenset[int]:
-        return frozenset()
-
-    def image_token_id(self, model: Any) -> int:
-        return int(model.config.image_token_id)
-
-    def _image_rows_and_keys(
-        self, inputs: dict[str, torch.Tensor], image_token: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = inputs["input_ids"][0]
-        return torch.ones(ids.shape[0], dtype=torch.bool), torch.nonzero(ids == image_token).flatten()
 
     def geometry(self, model: Any, processor: Any, image_size: tuple[int, int]) -> Geometry:
         """Geometry of the features of one image of `image_size` (width, height), in sequence order:
@@ -213,15 +198,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     def load_processor(self, path: str | Path) -> Any:
         """`AutoProcessor` where torchvision is installed; else `LlavaOnevisionProcessor` for images
         only (its video processor needs torchvision)."""
-        from transformers import AutoProcessor
-
-        if is_torchvision_available():
-            return AutoProcessor.from_pretrained(path)
-        logger.warning(
-            "torchvision is not installed: LlavaOnevisionProcessor loaded for images only "
-            "(video inputs need torchvision)"
-        )
-        return image_only_processor_class(LlavaOnevisionProcessor).from_pretrained(path)
+        return load_processor_with_image_only_fallback(path, LlavaOnevisionProcessor)
 
     def packed_rows(self, model: Any, rows: int, cols: int, image_size: tuple[int, int]) -> list[list[Box]]:
         """As LLaVA-NeXT, then, as `LlavaOnevisionModel.pack_image_features` does when the kept

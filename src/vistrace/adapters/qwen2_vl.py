@@ -81,7 +81,7 @@ import torch
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 from transformers.utils import is_torchvision_available
 
-from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid
+from vistrace.adapters.base import FeatureKind, Geometry, Grid, InlineAdapter, image_only_processor_class
 
 logger = logging.getLogger(__name__)
 
@@ -90,31 +90,6 @@ QWEN_PROCESSOR_CLASSES: dict[str, type[Any]] = {
     "qwen2_5_vl": Qwen2_5_VLProcessor,
     "qwen3_vl": Qwen3VLProcessor,
 }
-_IMAGE_ONLY_ATTRIBUTES = ["image_processor", "tokenizer"]
-_image_only_classes: dict[type[Any], type[Any]] = {}
-
-
-def image_only_processor_class(processor_class: type[Any]) -> type[Any]:
-    """`processor_class` without its video processor: sub-processors = image processor + tokenizer.
-
-    It keeps the family's class name, so `save_pretrained` records the real `processor_class` and a
-    machine with torchvision loads the full processor with `AutoProcessor`; `from_pretrained` loads
-    only the image processor (`AutoImageProcessor`) and the tokenizer."""
-    if processor_class not in _image_only_classes:
-
-        def get_attributes(cls: type[Any]) -> list[str]:
-            return list(_IMAGE_ONLY_ATTRIBUTES)
-
-        _image_only_classes[processor_class] = type(
-            processor_class.__name__,
-            (processor_class,),
-            {
-                "get_attributes": classmethod(get_attributes),
-                "__module__": __name__,
-                "__doc__": f"{processor_class.__name__} for images only (no video processor).",
-            },
-        )
-    return _image_only_classes[processor_class]
 
 
 def load_qwen_processor(path: str | Path) -> Any:
@@ -211,32 +186,15 @@ def grid_geometry(
 # ----- the adapter ------------------------------------------------------------------------------
 
 
-class Qwen2VLAdapter(Adapter):
+class Qwen2VLAdapter(InlineAdapter):
     """Qwen2-VL: one image = prod(image_grid_thw) / merge² inline `<|image_pad|>` positions."""
 
     model_type = "qwen2_vl"
-    family = "inline"
     # Answer tokens are text (0); positions are then recomputed by the model (`get_rope_index`).
     per_token_inputs: ClassVar[Mapping[str, Any]] = {"mm_token_type_ids": 0}
 
     def load_processor(self, path: str | Path) -> Any:
         return load_qwen_processor(path)
-
-    def num_layers(self, model: Any) -> int:
-        return int(model.config.text_config.num_hidden_layers)
-
-    def cross_layers(self, model: Any) -> frozenset[int]:
-        return frozenset()
-
-    def image_token_id(self, model: Any) -> int:
-        return int(model.config.image_token_id)
-
-    def _image_rows_and_keys(
-        self, inputs: dict[str, torch.Tensor], image_token: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = inputs["input_ids"][0]
-        keys = torch.nonzero(ids == image_token).flatten()
-        return torch.ones(ids.shape[0], dtype=torch.bool), keys
 
     def geometry(self, model: Any, processor: Any, image_size: tuple[int, int]) -> Geometry:
         """Geometry of one image of `image_size` (width, height): its grid from the processor's own
@@ -332,7 +290,6 @@ __all__ = [
     "Qwen2_5_VLAdapter",
     "Qwen3VLAdapter",
     "grid_geometry",
-    "image_only_processor_class",
     "load_qwen_processor",
     "resize_function",
     "resized_size",

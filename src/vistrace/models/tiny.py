@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -23,11 +22,19 @@ from transformers import (
     MllamaForConditionalGeneration,
     MllamaImageProcessorPil,
     MllamaProcessor,
-    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 from transformers.models.mllama.configuration_mllama import MllamaTextConfig, MllamaVisionConfig
 
+from vistrace.models.tiny_checkpoint import (
+    LLAMA_CORPUS,
+    TINY_TOWER,
+    llama_text_config,
+    llava_tokenizer,
+    open_gates,
+    save_tiny_checkpoint,
+    token_id,
+)
 from vistrace.models.tiny_idefics3 import write_tiny_idefics3
 from vistrace.models.tiny_internvl import write_tiny_internvl
 from vistrace.models.tiny_llava_next import write_tiny_llava_next, write_tiny_llava_onevision
@@ -61,32 +68,6 @@ FAMILIES: tuple[Family, ...] = (
     "llava_onevision",
     "internvl",
 )
-
-_CORPUS = [
-    "Look at the image carefully and answer this visual question.",
-    "For yes/no questions, just respond Yes or No. If the answer is numeric, just respond with the number.",
-    "What color is the circle? red green blue yellow. What shape is the blue object? square triangle circle.",
-    "How many shapes are there? one two three 1 2 3. Where is the triangle? left right top bottom.",
-    "Is there a red square? yes no Yes No. The answer is wrong. The answer is correct.",
-    "Generate the feedback given initial answer referring to question and image.",
-    "Adjust the initial response considering the feedback and image. Question: Initial answer: Feedback:",
-    "Answer with the option's letter from the given choices directly. A. B.",
-    "A chat between a curious human and an artificial intelligence assistant. USER: ASSISTANT:",
-    "user assistant system rather silver the red car a cat on the mat.",
-]
-
-
-def _randomize(model: PreTrainedModel, seed: int, std: float) -> None:
-    """Re-draw every parameter so that attention is far from uniform and every gate is open."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "gate" in name:
-                param.copy_(0.5 + 0.5 * torch.rand(param.shape, generator=generator))
-            elif name.endswith("norm.weight") or ("layernorm" in name and name.endswith("weight")):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(std * torch.randn(param.shape, generator=generator))
 
 
 def llava_config(
@@ -155,43 +136,30 @@ def write_tiny_llava(
 
     One image becomes (image_size / patch_size)² inline positions (16 by default, a 4×4 grid).
     """
-    out = Path(out_dir)
-    tokenizer = build_tokenizer(_CORPUS, style="llama2", vocab_size=300, extra_special_tokens=["<image>"])
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
-    vision = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
+    tokenizer = llava_tokenizer()
+    vision = CLIPVisionConfig(**TINY_TOWER, image_size=image_size, patch_size=patch_size, projection_dim=16)
+    text = llama_text_config(
+        tokenizer,
+        num_layers=num_layers,
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size or 2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
     )
+    image_token_id = token_id(tokenizer, "<image>")
     config = llava_config(
         vision, text, image_token_id=image_token_id, image_size=image_size, patch_size=patch_size
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    _randomize(model, seed, std=0.2)
     processor = llava_processor(tokenizer, image_size=image_size, patch_size=patch_size)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir,
+        LlavaForConditionalGeneration,
+        config,
+        tokenizer=tokenizer,
+        processor=processor,
+        seed=seed,
+        draw=open_gates,
+    )
 
 
 def write_tiny_mllama(
@@ -212,9 +180,10 @@ def write_tiny_mllama(
     Cross-attention layers sit at 3, 3 + every, … as in Llama-3.2-Vision; each tile gives
     (tile_size / 14)² patches + 1 CLS vision tokens (5 by default).
     """
-    out = Path(out_dir)
-    tokenizer = build_tokenizer(_CORPUS, style="llama3", vocab_size=400, extra_special_tokens=["<|image|>"])
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<|image|>"))  # type: ignore[arg-type]
+    tokenizer = build_tokenizer(
+        LLAMA_CORPUS, style="llama3", vocab_size=400, extra_special_tokens=["<|image|>"]
+    )
+    image_token_id = token_id(tokenizer, "<|image|>")
     vocab_size = (
         image_token_id  # the image token is the first of the extra embedding rows, as in the real model
     )
@@ -249,15 +218,16 @@ def write_tiny_mllama(
         tie_word_embeddings=False,
     )
     config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id)
-    torch.manual_seed(seed)
-    model = MllamaForConditionalGeneration(config)
-    _randomize(model, seed, std=0.2)
     processor = mllama_processor(tokenizer, tile_size=tile_size, max_tiles=max_num_tiles)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir,
+        MllamaForConditionalGeneration,
+        config,
+        tokenizer=tokenizer,
+        processor=processor,
+        seed=seed,
+        draw=open_gates,
+    )
 
 
 def write_tiny(family: Family, out_dir: str | Path, *, seed: int = 0) -> Path:

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessorPil,
     Idefics3Processor,
-    LlamaConfig,
-    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
 
+from vistrace.models.tiny_checkpoint import (
+    PROMPT_SENTENCES,
+    TINY_TOWER,
+    llama_text_config,
+    save_tiny_checkpoint,
+    token_id,
+)
 from vistrace.models.tokenizer_build import build_tokenizer
 
 # The added tokens of the Idefics3 tokenizer (`added_tokens.json` of Idefics3-8B-Llama3).
@@ -52,14 +56,7 @@ IDEFICS3_TEMPLATE = (
 
 _CORPUS = [
     "User: Assistant: System:",
-    "Look at the image carefully and answer this visual question.",
-    "For yes/no questions, just respond Yes or No. If the answer is numeric, just respond with the number.",
-    "What color is the circle? red green blue yellow. What shape is the blue object? square triangle circle.",
-    "How many shapes are there? one two three 1 2 3. Where is the triangle? left right top bottom.",
-    "Is there a red square? yes no Yes No. The answer is wrong. The answer is correct.",
-    "Generate the feedback given initial answer referring to question and image.",
-    "Adjust the initial response considering the feedback and image. Question: Initial answer: Feedback:",
-    "Answer with the option's letter from the given choices directly. A. B.",
+    *PROMPT_SENTENCES,
     "Read the text in the image carefully. Describe the picture. rather silver the red car a cat.\n\n",
 ]
 
@@ -93,17 +90,6 @@ def idefics3_processor(
     )
 
 
-def _randomize(model: PreTrainedModel, seed: int, std: float) -> None:
-    """Re-draw every parameter: normalisation weights near 1, everything else N(0, std²)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name.split(".")[-2] and name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(std * torch.randn(param.shape, generator=generator))
-
-
 def write_tiny_idefics3(
     out_dir: str | Path,
     *,
@@ -118,47 +104,28 @@ def write_tiny_idefics3(
     squares: int = 2,
 ) -> Path:
     """Write a tiny `Idefics3ForConditionalGeneration` checkpoint into `out_dir` and return it."""
-    out = Path(out_dir)
     tokenizer = build_idefics3_tokenizer()
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
-    vision = Idefics3VisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=square,
-        patch_size=patch_size,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
+    vision = Idefics3VisionConfig(**TINY_TOWER, image_size=square, patch_size=patch_size)
+    text = llama_text_config(
+        tokenizer,
+        num_layers=num_layers,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
         max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
     )
     config = Idefics3Config(
         vision_config=vision,
         text_config=text,
         scale_factor=scale_factor,
-        image_token_id=image_token_id,
+        image_token_id=token_id(tokenizer, "<image>"),
     )
-    torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config)
-    _randomize(model, seed, std=0.2)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
     processor = idefics3_processor(
         tokenizer, square=square, patch_size=patch_size, scale_factor=scale_factor, squares=squares
     )
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir, Idefics3ForConditionalGeneration, config, tokenizer=tokenizer, processor=processor, seed=seed
+    )
 
 
 __all__ = [

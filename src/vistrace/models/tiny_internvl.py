@@ -28,13 +28,19 @@ from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
     InternVLProcessor,
-    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
 from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
-from vistrace.adapters.qwen2_vl import image_only_processor_class
+from vistrace.adapters.base import image_only_processor_class
+from vistrace.models.tiny_checkpoint import (
+    TINY_TOWER,
+    is_norm_weight,
+    norms_near_one,
+    save_tiny_checkpoint,
+    token_id,
+)
 from vistrace.models.tiny_qwen import build_qwen_tokenizer
 
 # The named InternVL tokens of the `-hf` tokenizer configs (`extra_special_tokens`).
@@ -107,17 +113,11 @@ def internvl_processor(
     )
 
 
-def _randomize(model: PreTrainedModel, seed: int, std: float) -> None:
-    """Re-draw every parameter: normalisation weights near 1, everything else N(0, std²)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name.split(".")[-2] and name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            elif "lambda" in name:
-                param.copy_(0.1 + 0.01 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(std * torch.randn(param.shape, generator=generator))
+def _draw(name: str, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """`norms_near_one`, with the vision layers' scales (`lambda_1`, `lambda_2`) 0.1 + N(0, 0.01²)."""
+    if "lambda" in name and not is_norm_weight(name):
+        return 0.1 + 0.01 * torch.randn(shape, generator=generator)
+    return norms_near_one(name, shape, generator)
 
 
 def write_tiny_internvl(
@@ -133,19 +133,10 @@ def write_tiny_internvl(
     max_patches: int = 4,
 ) -> Path:
     """Write a tiny `InternVLForConditionalGeneration` checkpoint into `out_dir` and return it."""
-    out = Path(out_dir)
     tokenizer = build_internvl_tokenizer()
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))  # type: ignore[arg-type]
     downsample_ratio = 0.5
     image_seq_length = int((tile // patch_size * downsample_ratio) ** 2)
-    vision = InternVLVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=[tile, tile],
-        patch_size=[patch_size, patch_size],
-    )
+    vision = InternVLVisionConfig(**TINY_TOWER, image_size=[tile, tile], patch_size=[patch_size, patch_size])
     text = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -154,7 +145,7 @@ def write_tiny_internvl(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=1024,
-        bos_token_id=int(tokenizer.convert_tokens_to_ids("<|endoftext|>")),  # type: ignore[arg-type]
+        bos_token_id=token_id(tokenizer, "<|endoftext|>"),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
@@ -162,24 +153,25 @@ def write_tiny_internvl(
     config = InternVLConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=image_token_id,
+        image_token_id=token_id(tokenizer, "<IMG_CONTEXT>"),
         image_seq_length=image_seq_length,
         downsample_ratio=downsample_ratio,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config)
-    _randomize(model, seed, std=0.2)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
     processor = internvl_processor(
         tokenizer, tile=tile, max_patches=max_patches, image_seq_length=image_seq_length
     )
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir,
+        InternVLForConditionalGeneration,
+        config,
+        tokenizer=tokenizer,
+        processor=processor,
+        seed=seed,
+        draw=_draw,
+    )
 
 
 __all__ = [

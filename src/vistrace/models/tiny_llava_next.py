@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import (
     CLIPVisionConfig,
-    LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
@@ -27,9 +25,16 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from vistrace.adapters.qwen2_vl import image_only_processor_class
+from vistrace.adapters.base import image_only_processor_class
+from vistrace.models.tiny_checkpoint import (
+    TINY_TOWER,
+    llama_text_config,
+    llava_tokenizer,
+    open_gates,
+    save_tiny_checkpoint,
+    token_id,
+)
 from vistrace.models.tiny_qwen import build_qwen_tokenizer
-from vistrace.models.tokenizer_build import build_tokenizer
 
 # The chat template of llava-hf/llava-v1.6-vicuna-7b-hf (its chat_template.json).
 LLAVA_NEXT_VICUNA_TEMPLATE = (
@@ -109,38 +114,19 @@ def write_tiny_llava_next(
     One tile gives (image_size / patch_size)² features (9 by default); an image gives the base tile,
     the unpadded anyres grid (up to 2×2 tiles) and one newline feature per grid row.
     """
-    # Imported here: `vistrace.models.tiny` imports this module for its family dispatch.
-    from vistrace.models.tiny import _CORPUS, _randomize
-
-    out = Path(out_dir)
-    tokenizer = build_tokenizer(_CORPUS, style="llama2", vocab_size=300, extra_special_tokens=["<image>"])
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
-    vision = CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=16,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
+    tokenizer = llava_tokenizer()
+    vision = CLIPVisionConfig(**TINY_TOWER, image_size=image_size, patch_size=patch_size, projection_dim=16)
+    text = llama_text_config(
+        tokenizer,
+        num_layers=num_layers,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
     )
     config = LlavaNextConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=image_token_id,
+        image_token_index=token_id(tokenizer, "<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         image_grid_pinpoints=tiny_pinpoints(image_size),
@@ -148,15 +134,16 @@ def write_tiny_llava_next(
         projector_hidden_act="gelu",
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config)
-    _randomize(model, seed, std=0.2)
     processor = llava_next_processor(tokenizer, image_size=image_size, patch_size=patch_size)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir,
+        LlavaNextForConditionalGeneration,
+        config,
+        tokenizer=tokenizer,
+        processor=processor,
+        seed=seed,
+        draw=open_gates,
+    )
 
 
 def llava_onevision_processor(
@@ -199,21 +186,9 @@ def write_tiny_llava_onevision(
     With 4 features per tile, anyres_max_9 shrinks an unpadded grid of more than 1.1² × 36 features
     (a 4 × 4-tile canvas: 8 × 8) before the newlines are added.
     """
-    from vistrace.models.tiny import _randomize
-
-    out = Path(out_dir)
     tokenizer = build_qwen_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
-    image_token_id = int(tokenizer.convert_tokens_to_ids("<image>"))  # type: ignore[arg-type]
-    video_token_id = int(tokenizer.convert_tokens_to_ids("<video>"))  # type: ignore[arg-type]
-    vision = SiglipVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    vision = SiglipVisionConfig(**TINY_TOWER, image_size=image_size, patch_size=patch_size)
     text = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -229,8 +204,8 @@ def write_tiny_llava_onevision(
     config = LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
-        image_token_index=image_token_id,
-        video_token_index=video_token_id,
+        image_token_index=token_id(tokenizer, "<image>"),
+        video_token_index=token_id(tokenizer, "<video>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
@@ -238,17 +213,18 @@ def write_tiny_llava_onevision(
         projector_hidden_act="gelu",
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(config)
-    _randomize(model, seed, std=0.2)
     processor = llava_onevision_processor(
         tokenizer, image_size=image_size, patch_size=patch_size, max_tiles=max_tiles
     )
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir,
+        LlavaOnevisionForConditionalGeneration,
+        config,
+        tokenizer=tokenizer,
+        processor=processor,
+        seed=seed,
+        draw=open_gates,
+    )
 
 
 __all__ = [

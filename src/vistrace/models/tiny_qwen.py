@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     PretrainedConfig,
@@ -43,7 +42,9 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from vistrace.adapters.qwen2_vl import QWEN_PROCESSOR_CLASSES, image_only_processor_class
+from vistrace.adapters.base import image_only_processor_class
+from vistrace.adapters.qwen2_vl import QWEN_PROCESSOR_CLASSES
+from vistrace.models.tiny_checkpoint import PROMPT_SENTENCES, save_tiny_checkpoint, token_id
 
 QwenFamily = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 QWEN_FAMILIES: tuple[QwenFamily, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -125,14 +126,7 @@ QWEN3_VL_TEMPLATE = (
 
 _CORPUS = [
     "You are a helpful assistant. system user assistant",
-    "Look at the image carefully and answer this visual question.",
-    "For yes/no questions, just respond Yes or No. If the answer is numeric, just respond with the number.",
-    "What color is the circle? red green blue yellow. What shape is the blue object? square triangle circle.",
-    "How many shapes are there? one two three 1 2 3. Where is the triangle? left right top bottom.",
-    "Is there a red square? yes no Yes No. The answer is wrong. The answer is correct.",
-    "Generate the feedback given initial answer referring to question and image.",
-    "Adjust the initial response considering the feedback and image. Question: Initial answer: Feedback:",
-    "Answer with the option's letter from the given choices directly. A. B.",
+    *PROMPT_SENTENCES,
     "Read the text in the image carefully. Describe the picture. rather silver the red car a cat.",
 ]
 
@@ -200,14 +194,11 @@ def qwen_processor(
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
-    def token_id(token: str) -> int:
-        return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
-
     return {
-        "image_token_id": token_id("<|image_pad|>"),
-        "video_token_id": token_id("<|video_pad|>"),
-        "vision_start_token_id": token_id("<|vision_start|>"),
-        "vision_end_token_id": token_id("<|vision_end|>"),
+        "image_token_id": token_id(tokenizer, "<|image_pad|>"),
+        "video_token_id": token_id(tokenizer, "<|video_pad|>"),
+        "vision_start_token_id": token_id(tokenizer, "<|vision_start|>"),
+        "vision_end_token_id": token_id(tokenizer, "<|vision_end|>"),
     }
 
 
@@ -238,7 +229,7 @@ def qwen_config(
         "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
         "max_position_embeddings": 1024,
-        "bos_token_id": int(tokenizer.convert_tokens_to_ids("<|endoftext|>")),  # type: ignore[arg-type]
+        "bos_token_id": token_id(tokenizer, "<|endoftext|>"),
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
@@ -306,18 +297,6 @@ _MODEL_CLASSES: dict[QwenFamily, type[PreTrainedModel]] = {
 }
 
 
-def _randomize(model: PreTrainedModel, seed: int, std: float) -> None:
-    """Re-draw every parameter: normalisation weights near 1, everything else N(0, std²), so that
-    attention is far from uniform."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name.split(".")[-2] and name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(std * torch.randn(param.shape, generator=generator))
-
-
 def write_tiny_qwen(
     family: QwenFamily,
     out_dir: str | Path,
@@ -335,7 +314,6 @@ def write_tiny_qwen(
         raise ValueError(
             f"unknown Qwen family {family!r}; tiny checkpoints exist for: {', '.join(QWEN_FAMILIES)}"
         )
-    out = Path(out_dir)
     tokenizer = build_qwen_tokenizer()
     config = qwen_config(
         family,
@@ -345,16 +323,16 @@ def write_tiny_qwen(
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
     )
-    torch.manual_seed(seed)
-    model = _MODEL_CLASSES[family](config)
-    _randomize(model, seed, std=0.2)
-    eos = [int(tokenizer.convert_tokens_to_ids(t)) for t in ("<|im_end|>", "<|endoftext|>")]  # type: ignore[arg-type]
-    model.generation_config.eos_token_id = eos
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
     processor = qwen_processor(family, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(
+        out_dir,
+        _MODEL_CLASSES[family],
+        config,
+        tokenizer=tokenizer,
+        processor=processor,
+        seed=seed,
+        eos_token_id=[token_id(tokenizer, "<|im_end|>"), token_id(tokenizer, "<|endoftext|>")],
+    )
 
 
 __all__ = [
