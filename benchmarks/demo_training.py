@@ -23,16 +23,11 @@ from typing import Any
 import torch
 
 from vistrace.adapters import get_adapter
-from vistrace.demo.train import (
-    DEFAULT_CONFIGS,
-    Encoder,
-    Example,
-    ExampleStream,
-    batch_loss,
-    build,
-    freeze_vision,
-    reference_loss,
-)
+from vistrace.demo.train import build
+from vistrace.demo.training_batches import Encoder, Example, ExampleStream
+from vistrace.demo.training_config import DEFAULT_CONFIGS
+from vistrace.demo.training_loss import batch_loss, reference_loss
+from vistrace.demo.vision_pretraining import freeze_vision
 
 LossFn = Callable[[Any, Sequence[Example], int], torch.Tensor]
 

@@ -12,16 +12,13 @@ import torch
 
 from vistrace.adapters import get_adapter
 from vistrace.demo.models import EVAL_SEED, evaluate_answers
-from vistrace.demo.train import (
-    DEFAULT_CONFIGS,
-    Encoder,
-    ExampleStream,
+from vistrace.demo.train import build, main
+from vistrace.demo.training_batches import Encoder, ExampleStream, collate
+from vistrace.demo.training_config import DEFAULT_CONFIGS
+from vistrace.demo.training_loss import (
     answer_loss,
     batch_loss,
-    build,
-    collate,
     length_groups,
-    main,
     reference_loss,
     shared_prefix_length,
 )
