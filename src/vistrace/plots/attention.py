@@ -2,8 +2,9 @@
 
 - `plot_avg_attention` (the paper's Figure 5): the map of Initial vs Feedback averaged over the
   instances whose revision was adopted, one shared colour scale.
-- `plot_text_heatmap` (Figure 4, step 2): the initial answer and the feedback, each token coloured by
-  its attention to the image (`vistrace.capture.pooling.token_image_attention`), as PNG/PDF and HTML.
+- `plot_text_heatmap` (Figure 4, step 2; `vistrace.plots.text_heatmap`, importable here): the initial
+  answer and the feedback, each token coloured by its attention to the image
+  (`vistrace.capture.pooling.token_image_attention`), as PNG/PDF and HTML.
 - `plot_image_heatmap` (Figure 4, step 3): Initial (all tokens), Feedback (all tokens) and one panel
   per selected span of feedback tokens, as bare feature grids and as overlays on the image, one
   colour scale clipped at the 0.995 quantile.
@@ -15,9 +16,6 @@ PDF with its numbers beside it (JSON, and CSV where they form a table).
 
 from __future__ import annotations
 
-import csv
-import html
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -27,63 +25,30 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors
-from matplotlib.patches import Rectangle
 from PIL import Image
 
-from vistrace.capture.generate import StageCapture
-from vistrace.capture.pooling import shared_top_l, token_image_attention, tokens_top_l_mean
+from vistrace.capture.pooling import shared_top_l, tokens_top_l_mean
 from vistrace.plots.attention_maps import (
     feature_raster,
+    feedback_stage,
     find_span,
     grid_canvas,
     layout_key,
     normalized_raster,
+    output_pieces,
     parse_spans,
     stage_map,
     token_maps,
 )
-from vistrace.runs.attend_io import instance_dir, load_preview, load_stages, read_log, read_record
+from vistrace.plots.figure_files import save_figure, write_csv, write_json
+from vistrace.plots.text_heatmap import plot_text_heatmap
+from vistrace.runs.attend_io import instance_dir, load_preview, load_stages, read_log
 
 logger = logging.getLogger(__name__)
 
 CLIP_QUANTILE = 0.995
 MAP_CMAP = "viridis"
-TEXT_CMAP = "BuGn"
 OVERLAY_ALPHA = 0.55
-TEXT_WIDTH = 96
-FONT_SIZE = 9.0
-_CHAR_INCHES = 0.602 * FONT_SIZE / 72
-_LINE_INCHES = 1.55 * FONT_SIZE / 72
-
-
-def _feedback_stage(directory: Path, stages: dict[str, StageCapture]) -> str | None:
-    record = read_record(directory) or {}
-    adopted = (record.get("log") or {}).get("adopted_round")
-    if adopted and f"feedback_{adopted}" in stages:
-        return f"feedback_{adopted}"
-    return "feedback_1" if "feedback_1" in stages else None
-
-
-def _save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight", dpi=150)
-    plt.close(fig)
-    return paths
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def _json_grid(canvas: np.ndarray) -> list[list[float | None]]:
@@ -194,7 +159,7 @@ def plot_avg_attention(
     fig.suptitle(title, fontsize=11)
     _colorbar(fig, list(axes), norm, MAP_CMAP, "attention")
     stem = f"avg_attention_{pool}"
-    paths = _save(fig, out, stem)
+    paths = save_figure(fig, out, stem)
     numbers: dict[str, Any] = {
         "pool": pool,
         "top_k": top_k,
@@ -206,150 +171,15 @@ def plot_avg_attention(
         "same_layout": same_layout,
         "maps": {name: _json_grid(canvas) for name, canvas in canvases.items()},
     }
-    paths.append(_write_json(out / f"{stem}.json", numbers))
+    paths.append(write_json(out / f"{stem}.json", numbers))
     if same_layout:
         kinds = geometries[0].kinds
         rows = [
             [i, kinds[i], float(a), float(b)]
             for i, (a, b) in enumerate(zip(averages["Initial"], averages["Feedback"], strict=True))
         ]
-        paths.append(_write_csv(out / f"{stem}.csv", ["feature", "kind", "initial", "feedback"], rows))
+        paths.append(write_csv(out / f"{stem}.csv", ["feature", "kind", "initial", "feedback"], rows))
     return paths
-
-
-def _display_lines(pieces: Sequence[str]) -> list[list[tuple[int, int, str]]]:
-    """Tokens placed on lines of `TEXT_WIDTH` characters: per line, (token, column, shown text)."""
-    lines: list[list[tuple[int, int, str]]] = [[]]
-    column = 0
-    for index, piece in enumerate(pieces):
-        parts = piece.split("\n")
-        for part_number, part in enumerate(parts):
-            shown = "".join(ch if ch.isprintable() else "\ufffd" for ch in part.replace("\t", "    "))
-            if part_number < len(parts) - 1:
-                shown += "↵"
-            if not shown:
-                continue
-            if column and column + len(shown) > TEXT_WIDTH:
-                lines.append([])
-                column = 0
-            lines[-1].append((index, column, shown[:TEXT_WIDTH]))
-            column += len(shown[:TEXT_WIDTH])
-            if part_number < len(parts) - 1:
-                lines.append([])
-                column = 0
-    return lines
-
-
-def _text_color(background: tuple[float, ...]) -> str:
-    red, green, blue = background[:3]
-    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
-
-
-def _pieces(stage: StageCapture) -> tuple[str, ...]:
-    return stage.output_pieces or tuple(re.sub(r"^[Ġ▁]", " ", t) for t in stage.output_tokens)
-
-
-def plot_text_heatmap(run_dir: str | Path, instance_idx: int, out_dir: str | Path) -> list[Path]:
-    """Figure 4, step 2: the initial answer and the feedback with every token coloured by its
-    attention to the image (sum over features, L2 over heads, L2 over layers), one colour scale.
-
-    Writes `text_heatmap_<idx>` as PNG, PDF, HTML (escaped text), JSON and CSV; returns the paths.
-    """
-    directory = instance_dir(run_dir, instance_idx)
-    stages = load_stages(directory)
-    chosen = [("Initial", "initial")]
-    feedback = _feedback_stage(directory, stages)
-    if feedback is not None:
-        chosen.append((f"Feedback (round {feedback.split('_')[1]})", feedback))
-    weights = {name: token_image_attention(stages[name].image_attention).numpy() for _, name in chosen}
-    everything = np.concatenate(list(weights.values()))
-    norm = colors.Normalize(vmin=float(everything.min()), vmax=float(everything.max()))
-    cmap = plt.get_cmap(TEXT_CMAP)
-    layouts = {name: _display_lines(_pieces(stages[name])) for _, name in chosen}
-    total_lines = sum(len(lines) + 2 for lines in layouts.values())
-    width, height = TEXT_WIDTH * _CHAR_INCHES, total_lines * _LINE_INCHES
-    fig = plt.figure(figsize=(width + 0.4, height + 0.9))
-    ax = fig.add_axes(
-        (0.2 / (width + 0.4), 0.7 / (height + 0.9), width / (width + 0.4), height / (height + 0.9))
-    )
-    ax.set_xlim(0, TEXT_WIDTH)
-    ax.set_ylim(total_lines, 0)
-    ax.axis("off")
-    row = 0
-    for label, name in chosen:
-        ax.text(0, row + 0.5, label, va="center", ha="left", fontsize=FONT_SIZE + 1, fontweight="bold")
-        row += 1
-        for line in layouts[name]:
-            for index, column, shown in line:
-                background = cmap(norm(float(weights[name][index])))
-                ax.add_patch(Rectangle((column, row + 0.05), len(shown), 0.9, color=background, lw=0))
-                ax.text(
-                    column,
-                    row + 0.5,
-                    shown,
-                    va="center",
-                    ha="left",
-                    family="monospace",
-                    fontsize=FONT_SIZE,
-                    color=_text_color(background),
-                    parse_math=False,  # a generated "$$" is text, not mathtext
-                )
-            row += 1
-        row += 1
-    bar = fig.add_axes((0.25, 0.25 / (height + 0.9), 0.5, 0.12 / (height + 0.9)))
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar, orientation="horizontal")
-    bar.set_xlabel("attention to the image (Σ features, L2 heads, L2 layers)", fontsize=8)
-    out = Path(out_dir)
-    stem = f"text_heatmap_{instance_idx}"
-    paths = _save(fig, out, stem)
-    paths.append(_text_html(out / f"{stem}.html", chosen, stages, weights, norm))
-    numbers = {
-        name: {
-            "label": label,
-            "tokens": list(stages[name].output_tokens),
-            "pieces": list(_pieces(stages[name])),
-            "weights": weights[name].tolist(),
-        }
-        for label, name in chosen
-    }
-    paths.append(_write_json(out / f"{stem}.json", numbers))
-    rows = [
-        [name, position, token, piece, float(weight)]
-        for _, name in chosen
-        for position, (token, piece, weight) in enumerate(
-            zip(stages[name].output_tokens, _pieces(stages[name]), weights[name], strict=True)
-        )
-    ]
-    paths.append(_write_csv(out / f"{stem}.csv", ["stage", "position", "token", "piece", "weight"], rows))
-    return paths
-
-
-def _text_html(
-    path: Path,
-    chosen: Sequence[tuple[str, str]],
-    stages: dict[str, StageCapture],
-    weights: dict[str, np.ndarray],
-    norm: colors.Normalize,
-) -> Path:
-    cmap = plt.get_cmap(TEXT_CMAP)
-    parts = [
-        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Attention to the image</title>'
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-        "p{font-family:monospace;font-size:15px;line-height:1.7;white-space:pre-wrap}</style></head><body>"
-    ]
-    for label, name in chosen:
-        spans = []
-        for piece, weight in zip(_pieces(stages[name]), weights[name], strict=True):
-            background = cmap(norm(float(weight)))
-            text = html.escape(piece).replace("\n", "↵\n")
-            spans.append(
-                f'<span style="background:{colors.to_hex(background)};color:{_text_color(background)}" '
-                f'title="{float(weight):.4g}">{text}</span>'
-            )
-        parts.append(f"<h2>{html.escape(label)}</h2><p>{''.join(spans)}</p>")
-    parts.append("</body></html>\n")
-    path.write_text("".join(parts), encoding="utf-8")
-    return path
 
 
 def _slug(spans: Sequence[Sequence[str]]) -> str:
@@ -374,7 +204,7 @@ def plot_image_heatmap(
     """
     directory = instance_dir(run_dir, instance_idx)
     stages = load_stages(directory)
-    feedback_name = _feedback_stage(directory, stages)
+    feedback_name = feedback_stage(directory, stages)
     if feedback_name is None:
         raise ValueError(f"{directory}: no feedback stage (the run was made without the Volcano loop)")
     initial, feedback = stages["initial"], stages[feedback_name]
@@ -391,7 +221,7 @@ def plot_image_heatmap(
     located = {}
     for span in parsed:
         start, end = find_span(feedback.output_tokens, span)
-        shown = "".join(_pieces(feedback)[start:end]).strip()
+        shown = "".join(output_pieces(feedback)[start:end]).strip()
         panels[f"Feedback ('{shown}')"] = feedback_tokens[start:end].mean(dim=0).numpy()
         located[",".join(span)] = [start, end]
     stacked = np.stack(list(panels.values()))
@@ -410,7 +240,7 @@ def plot_image_heatmap(
     )
     out = Path(out_dir)
     stem = f"image_heatmap_{instance_idx}_{_slug(parsed)}"
-    paths = _save(fig, out, stem)
+    paths = save_figure(fig, out, stem)
     numbers = {
         "pool": pool,
         "top_k": top_k,
@@ -421,12 +251,12 @@ def plot_image_heatmap(
         "vmax_clip": vmax,
         "panels": {title: values.tolist() for title, values in panels.items()},
     }
-    paths.append(_write_json(out / f"{stem}.json", numbers))
+    paths.append(write_json(out / f"{stem}.json", numbers))
     header = ["feature", "kind", *panels]
     rows = [
         [i, kind, *(float(v[i]) for v in panels.values())] for i, kind in enumerate(initial.geometry.kinds)
     ]
-    paths.append(_write_csv(out / f"{stem}.csv", header, rows))
+    paths.append(write_csv(out / f"{stem}.csv", header, rows))
     return paths
 
 

@@ -1,4 +1,5 @@
-"""From captured attention to drawable maps: feature values → image pixels or bare grids, token spans.
+"""From captured attention to drawable maps: feature values → image pixels or bare grids, token spans
+and pieces, which stage of an instance is its feedback.
 
 Kept free of matplotlib so that geometry can be tested on its own.
 """
@@ -6,7 +7,9 @@ Kept free of matplotlib so that geometry can be tested on its own.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ import torch
 from vistrace.adapters import Geometry
 from vistrace.capture.generate import StageCapture
 from vistrace.capture.pooling import pool_map, pool_tokens, without_eos
+from vistrace.runs.attend_io import read_record
 
 LEADING_SPACE_MARKS = ("Ġ", "▁")
 NORMALIZED_SIZE = 96
@@ -86,6 +90,12 @@ def strip_mark(token: str) -> str:
     return token[1:] if token[:1] in LEADING_SPACE_MARKS else token
 
 
+def output_pieces(stage: StageCapture) -> tuple[str, ...]:
+    """The text of each output token of `stage` (its decoded pieces, else the tokens with a leading-space
+    mark turned into a space)."""
+    return stage.output_pieces or tuple(re.sub(r"^[Ġ▁]", " ", t) for t in stage.output_tokens)
+
+
 def parse_spans(spans: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
     """Spans of tokens: `"rather,silver,."` → `[["rather", "silver", "."]]`; a list gives one span
     per item (a string item is split on commas, a list item is taken as is)."""
@@ -118,6 +128,16 @@ def token_maps(stage: StageCapture, pool: str, top_k: int) -> torch.Tensor:
     return pool_tokens(stage.image_attention, pool, top_k)
 
 
+def feedback_stage(directory: Path, stages: dict[str, StageCapture]) -> str | None:
+    """The "Feedback" stage of the instance in `directory`: the feedback of the last round whose
+    revision was adopted, else of round 1; None without a feedback stage."""
+    record = read_record(directory) or {}
+    adopted = (record.get("log") or {}).get("adopted_round")
+    if adopted and f"feedback_{adopted}" in stages:
+        return f"feedback_{adopted}"
+    return "feedback_1" if "feedback_1" in stages else None
+
+
 def stage_map(stage: StageCapture, pool: str, top_k: int, tokens: str, top_l: int | None) -> np.ndarray:
     """(N,) map of a stage: `pool` over layers and heads, `tokens` over tokens, EOS dropped."""
     attention = without_eos(stage.image_attention, stage.ends_with_eos)
@@ -127,10 +147,12 @@ def stage_map(stage: StageCapture, pool: str, top_k: int, tokens: str, top_l: in
 __all__ = [
     "LEADING_SPACE_MARKS",
     "feature_raster",
+    "feedback_stage",
     "find_span",
     "grid_canvas",
     "layout_key",
     "normalized_raster",
+    "output_pieces",
     "parse_spans",
     "stage_map",
     "strip_mark",
