@@ -1,4 +1,5 @@
-"""LLaVA-NeXT on a tiny offline checkpoint: loading, anyres geometry, newline features, the seam proofs."""
+"""LLaVA-NeXT on a tiny offline checkpoint: loading, anyres geometry, newline features (the seam proofs
+run in the family-parametrized tests: the family is in `vistrace.models.tiny.FAMILIES`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from transformers import AutoModelForImageTextToText
 
 import vistrace.adapters as adapters_module
 from vistrace.adapters import register_adapter
 from vistrace.adapters.llava_next import LlavaNextAdapter
-from vistrace.capture.generate import capture
-from vistrace.check import run_checks
-from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
 from vistrace.models.loading import LoadedModel, load
 from vistrace.models.tiny_llava_next import write_tiny_llava_next
 from vistrace.roles import Role
@@ -26,7 +23,6 @@ from ..conftest import scene_image
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
 QUESTION = "What color is the circle?"
-PATHWAYS = [Pathway.parse(p) for p in PAPER_PATHWAYS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,47 +122,3 @@ def test_geometry_places_known_features_on_their_pixels(loaded: LoadedModel) -> 
     canvas = torch.cat([tiles[0], tiles[1]], dim=2)
     redness = (canvas[0] - canvas[1]).unfold(0, 14, 14).unfold(1, 14, 14).mean(dim=(-1, -2))
     assert divmod(int(redness.argmax()), 6) == (1, 2)
-
-
-def test_seam_checks_pass(loaded: LoadedModel) -> None:
-    failures = [r for r in run_checks(loaded) if not r.passed]
-    assert not failures, failures
-
-
-@pytest.mark.parametrize("mode", ["strict", "paper"])
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("answer", [[57], [57, 88, 101]])
-def test_fast_equals_naive(loaded: LoadedModel, mode: str, k: int, answer: list[int]) -> None:
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
-    runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
-    naive = runner.run(prepared, answer, PATHWAYS, k, "naive")
-    fast = runner.run(prepared, answer, PATHWAYS, k, "fast")
-    for pathway in PATHWAYS:
-        expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
-        actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
-        assert float((actual.log() - expected.log()).abs().max()) <= 1e-4, pathway.name
-    assert fast.layer_evaluations < naive.layer_evaluations
-    assert naive.probs["image_to_last"] != [naive.p_full] * runner.n_layers
-
-
-def test_captured_rows_equal_eager_attention(loaded: LoadedModel, checkpoint: Path) -> None:
-    result = capture(loaded, scene_image(), QUESTION, max_new_tokens=6, dtype=torch.float32)
-    eager = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="eager").eval()
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
-    prompt_len, count = len(result.input_ids), result.num_tokens
-    fed = torch.tensor([[*result.input_ids, *result.output_ids[:-1]]])
-    inputs = loaded.adapter.extend_inputs(prepared.inputs, fed)
-    with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-    assert prepared.image_keys is not None
-    rows = [
-        attentions[layer][0, :, prompt_len - 1 : prompt_len - 1 + count][..., prepared.image_keys].permute(
-            1, 0, 2
-        )
-        for layer in result.layers
-    ]
-    reference = torch.stack(rows, dim=1)
-    assert result.layers == (0, 1, 2, 3)
-    assert result.image_attention.shape == reference.shape
-    assert result.geometry.num_features == len(prepared.image_keys)
-    torch.testing.assert_close(result.image_attention, reference, atol=1e-5, rtol=0)

@@ -1,5 +1,6 @@
 """LLaVA-OneVision on a tiny offline checkpoint: image-only processor, anyres_max_9 shrinking,
-newline features, the seam proofs."""
+newline features (the seam proofs run in the family-parametrized tests: the family is in
+`vistrace.models.tiny.FAMILIES`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText
 
 import vistrace.adapters as adapters_module
 from vistrace.adapters import register_adapter
 from vistrace.adapters.llava_next import LlavaOnevisionAdapter
-from vistrace.capture.generate import capture
-from vistrace.check import run_checks
-from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
 from vistrace.models.loading import LoadedModel, load
 from vistrace.models.tiny_llava_next import write_tiny_llava_onevision
 from vistrace.roles import Role
@@ -26,7 +23,6 @@ from ..conftest import scene_image
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
 QUESTION = "What color is the circle?"
-PATHWAYS = [Pathway.parse(p) for p in PAPER_PATHWAYS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,45 +88,3 @@ def test_geometry_of_a_shrunk_grid(loaded: LoadedModel) -> None:
     scale_y = 94 / 100
     expected = [40.0, (top - 9) / scale_y, 60.0, (bottom - 9) / scale_y]
     assert geometry.boxes[4 + 7 + 2] == pytest.approx(expected)
-
-
-def test_seam_checks_pass(loaded: LoadedModel) -> None:
-    failures = [r for r in run_checks(loaded) if not r.passed]
-    assert not failures, failures
-
-
-@pytest.mark.parametrize("mode", ["strict", "paper"])
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("answer", [[57], [57, 88, 101]])
-def test_fast_equals_naive(loaded: LoadedModel, mode: str, k: int, answer: list[int]) -> None:
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
-    runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
-    naive = runner.run(prepared, answer, PATHWAYS, k, "naive")
-    fast = runner.run(prepared, answer, PATHWAYS, k, "fast")
-    for pathway in PATHWAYS:
-        expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)
-        actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
-        assert float((actual.log() - expected.log()).abs().max()) <= 1e-4, pathway.name
-    assert fast.layer_evaluations < naive.layer_evaluations
-    assert naive.probs["image_to_last"] != [naive.p_full] * runner.n_layers
-
-
-def test_captured_rows_equal_eager_attention(loaded: LoadedModel, checkpoint: Path) -> None:
-    result = capture(loaded, scene_image(), QUESTION, max_new_tokens=6, dtype=torch.float32)
-    eager = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="eager").eval()
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
-    prompt_len, count = len(result.input_ids), result.num_tokens
-    fed = torch.tensor([[*result.input_ids, *result.output_ids[:-1]]])
-    inputs = loaded.adapter.extend_inputs(prepared.inputs, fed)
-    with torch.no_grad():
-        attentions = eager(**inputs, output_attentions=True).attentions
-    assert prepared.image_keys is not None
-    rows = [
-        attentions[layer][0, :, prompt_len - 1 : prompt_len - 1 + count][..., prepared.image_keys].permute(
-            1, 0, 2
-        )
-        for layer in result.layers
-    ]
-    reference = torch.stack(rows, dim=1)
-    assert result.image_attention.shape == reference.shape
-    torch.testing.assert_close(result.image_attention, reference, atol=1e-5, rtol=0)
