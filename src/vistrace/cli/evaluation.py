@@ -34,14 +34,23 @@ def eval_command(
     annotations: Annotated[
         Path | None,
         typer.Option(
-            help="VQAv2 annotations / Visual7W / DocVQA / MMHal / JSONL file.", callback=expand_path
+            help="VQAv2 annotations / Visual7W / DocVQA / MMHal / TextVQA / ChartQA (a file or a split "
+            "folder) / COCO captions (Karpathy dataset_coco.json or captions_*.json) / JSONL file.",
+            callback=expand_path,
         ),
     ] = None,
     images: ImagesOption = None,
-    split: Annotated[str | None, typer.Option(help="Visual7W split: test (default), val or train.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Visual7W split (test, val, train); COCO Karpathy splits (test, val, train, restval; "
+            "comma-separated)."
+        ),
+    ] = None,
     batch_size: int = 8,
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="Default: 25 (VQAv2, Visual7W), 512 (DocVQA).")
+        int | None,
+        typer.Option(help="Default: 25 (VQAv2, Visual7W), 512 (DocVQA, TextVQA, ChartQA, COCO)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the Visual7W option order.")] = 42,
     limit: int | None = None,
@@ -101,6 +110,8 @@ _RULES_HELP = (
     "sampling. all_agree: VQAv2, every annotator's answer equals the prediction as the official metric "
     "processes them (unanimous answers are not normalised, so 'Yes' misses ten 'yes'). score>X, score>=X: "
     "the official score (VQA accuracy, ANLS, match) compared with X."
+    " TextVQA and ChartQA: paper is FG-TRACER's test. generated: every prediction with generated "
+    "tokens, the model's own output kept as the answer (COCO captions, free-form answers)."
 )
 
 

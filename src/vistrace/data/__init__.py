@@ -1,4 +1,5 @@
-"""Dataset readers (VQAv2, Visual7W, DocVQA, MMHal-Bench, JSON/JSONL, HF on disk) and the paper's prompts."""
+"""Dataset readers (VQAv2, Visual7W, DocVQA, MMHal-Bench, TextVQA, ChartQA, COCO captions, JSON/JSONL,
+HF on disk), their official metrics and the papers' prompts."""
 
 from vistrace.data.by_name import READERS, read_dataset
 from vistrace.data.example import (
@@ -10,6 +11,7 @@ from vistrace.data.example import (
     resolve_image_path,
 )
 from vistrace.data.generic import read_hf_disk, read_json_records
+from vistrace.data.metrics_text_rich import relaxed_accuracy, textvqa_accuracy
 from vistrace.data.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
     docvqa_prompt,
@@ -19,6 +21,7 @@ from vistrace.data.prompts import (
     vqav2_prompt,
 )
 from vistrace.data.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
+from vistrace.data.readers_text_rich import read_chartqa, read_coco_captions, read_coco_karpathy, read_textvqa
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
@@ -30,15 +33,21 @@ __all__ = [
     "docvqa_prompt",
     "example_prompt",
     "load_image",
+    "read_chartqa",
+    "read_coco_captions",
+    "read_coco_karpathy",
     "read_dataset",
     "read_docvqa",
     "read_hf_disk",
     "read_json_records",
     "read_mmhal",
+    "read_textvqa",
     "read_visual7w",
     "read_vqav2",
+    "relaxed_accuracy",
     "resolve_image_path",
     "shuffle_options",
+    "textvqa_accuracy",
     "visual7w_prompt",
     "vqav2_prompt",
 ]

@@ -16,6 +16,13 @@ from typing import Protocol
 from vistrace.data.example import DatasetError, ReadResult
 from vistrace.data.generic import read_json_records
 from vistrace.data.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
+from vistrace.data.readers_text_rich import (
+    is_karpathy_file,
+    read_chartqa,
+    read_coco_captions,
+    read_coco_karpathy,
+    read_textvqa,
+)
 
 __all__ = ["JSONL_MAPPING", "READERS", "Reader", "read_dataset", "register_reader"]
 
@@ -86,12 +93,36 @@ def _jsonl(file: Path, *, questions: Path | None, images: Path | None, split: st
     return read_json_records(file, JSONL_MAPPING, images, dataset="jsonl")
 
 
+def _textvqa(file: Path, *, questions: Path | None, images: Path | None, split: str | None) -> ReadResult:
+    _one_split("textvqa", split)
+    return read_textvqa(file, images)
+
+
+def _chartqa(file: Path, *, questions: Path | None, images: Path | None, split: str | None) -> ReadResult:
+    _one_split("chartqa", split)
+    return read_chartqa(file, images)
+
+
+def _coco(file: Path, *, questions: Path | None, images: Path | None, split: str | None) -> ReadResult:
+    """A Karpathy-split file (`dataset_coco.json`, `--split`, default test) or an official caption
+    file (`captions_val2014.json`, one split), told apart by their top-level keys. Karpathy splits
+    may be joined with commas (`train,restval`)."""
+    if is_karpathy_file(file):
+        splits = ["test"] if split is None else [part.strip() for part in split.split(",")]
+        return read_coco_karpathy(file, images, splits)
+    _one_split("coco (an official caption file)", split)
+    return read_coco_captions(file, images)
+
+
 for _name, _reader in (
     ("vqav2", _vqav2),
     ("visual7w", _visual7w),
     ("docvqa", _docvqa),
     ("mmhal", _mmhal),
     ("jsonl", _jsonl),
+    ("textvqa", _textvqa),
+    ("chartqa", _chartqa),
+    ("coco", _coco),
 ):
     register_reader(_name, _reader)
 

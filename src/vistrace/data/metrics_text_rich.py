@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from vistrace.data.metrics import normalize_vqa_answer
+from vistrace.data.metrics import ScoreRules, normalize_vqa_answer, register_metric
 from vistrace.data.paper_rules import paper_vqa_preprocess
 
 __all__ = [
@@ -211,3 +211,17 @@ def fgtracer_textvqa_kept(prediction: str, answers: Sequence[str]) -> bool:
         raise ValueError("FG-TRACER's TextVQA rule needs a list of reference answers")
     processed = paper_vqa_preprocess(prediction)
     return any(paper_vqa_preprocess(answer) in processed for answer in answers)
+
+
+def _textvqa(prediction: str, answers: Sequence[str], rules: ScoreRules) -> float:
+    return textvqa_accuracy(prediction, answers)
+
+
+def _chartqa(prediction: str, answers: Sequence[str], rules: ScoreRules) -> float:
+    """Relaxed accuracy of the final answer (the text after `FINAL ANSWER:` of a step-by-step output,
+    :func:`extract_final_answer`; a short answer is its own last line)."""
+    return relaxed_accuracy(extract_final_answer(prediction), answers)
+
+
+register_metric("textvqa_accuracy", _textvqa, datasets=("textvqa",))
+register_metric("relaxed_accuracy", _chartqa, datasets=("chartqa",))

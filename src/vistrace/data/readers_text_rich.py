@@ -12,6 +12,7 @@ checked (string or integer, unique within one call) and every unused source fiel
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
@@ -395,3 +396,13 @@ def read_coco_captions(
             continue
         collector.add(where, example)
     return collector.result()
+
+
+def is_karpathy_file(file: str | Path) -> bool:
+    """Whether a COCO caption file is Karpathy's `dataset_coco.json` (images holding their
+    `sentences`) rather than an official `captions_*.json` (separate `annotations`)."""
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{file}: not a COCO caption JSON file ({error})") from None
+    return isinstance(data, dict) and "annotations" not in data and isinstance(data.get("images"), list)

@@ -21,6 +21,9 @@ from vistrace.runs.trace import special_token_problem
 
 __all__ = ["BatchRunner", "Skip", "build_prompt", "one_line"]
 
+# Datasets whose examples get a paper's prompt (FlowTracker's, FG-TRACER's); others the bare question.
+PROMPTED_DATASETS: tuple[str, ...] = (*PAPER_DATASETS, "textvqa", "chartqa", "coco")
+
 
 @dataclass
 class _Item:
@@ -48,7 +51,7 @@ def build_prompt(example: Example, dataset: str, seed: int = 42) -> tuple[str, l
     known = eval_datasets()
     if dataset not in known:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(known)}")
-    if dataset not in PAPER_DATASETS:
+    if dataset not in PROMPTED_DATASETS:
         return example.question, None
     return example_prompt(replace(example, dataset=dataset), seed)
 

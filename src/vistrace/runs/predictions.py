@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vistrace.data.metrics import McRule, ScoreRules, VqaRule, metric_for, vqa_all_agree
+from vistrace.data.metrics_text_rich import fgtracer_chartqa_kept, fgtracer_textvqa_kept
 from vistrace.data.paper_rules import PAPER_DATASETS, paper_docvqa_kept, paper_visual7w_kept, paper_vqa_kept
 from vistrace.runs.folder import iter_jsonl, read_config
 
@@ -36,6 +37,11 @@ PREDICTIONS_FILE = "predictions.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
 NO_CATEGORY = "(none)"
 _SCORE_RULE = re.compile(r"^score\s*(>=|>)\s*([0-9]*\.?[0-9]+)$")
+
+
+# FG-TRACER selects COCO captions by per-image CIDEr (> 20), which needs the whole evaluation set
+# and Java's tokenizer: not a per-record test, so `paper` is refused there (use `generated`).
+PAPER_RULE_DATASETS: tuple[str, ...] = (*PAPER_DATASETS, "textvqa", "chartqa")
 
 
 def metric_name(dataset: str) -> str:
@@ -82,7 +88,11 @@ def is_correct(
     - ``"paper"``: the FlowTracker code's test (:mod:`vistrace.data.paper_rules`): VQAv2
       :func:`~vistrace.data.paper_rules.paper_vqa_kept`, Visual7W
       :func:`~vistrace.data.paper_rules.paper_visual7w_kept`, DocVQA
-      :func:`~vistrace.data.paper_rules.paper_docvqa_kept`; refused for other datasets;
+      :func:`~vistrace.data.paper_rules.paper_docvqa_kept`; FG-TRACER's for TextVQA and ChartQA
+      (:func:`~vistrace.data.metrics_text_rich.fgtracer_textvqa_kept`,
+      :func:`~vistrace.data.metrics_text_rich.fgtracer_chartqa_kept`); refused for other datasets;
+    - ``"generated"``: every prediction with generated tokens: the model's own output is kept as the
+      answer to trace (captions, free-form answers; no reference answer needed);
     - ``"all_agree"`` (VQAv2 only): every annotator's answer equals the prediction
       (:func:`~vistrace.data.metrics.vqa_all_agree`, processed as ``vqa_rule`` says);
     - ``"score>X"`` / ``"score>=X"``: :func:`score_record` compared with ``X``.
@@ -92,6 +102,8 @@ def is_correct(
     dataset = str(record.get("dataset", ""))
     parsed = parse_rule(rule, dataset)
     answers = [str(a) for a in record.get("answers") or ()]
+    if parsed == "generated":
+        return bool(record.get("generated_ids"))
     if not record.get("generated_ids") or not answers:
         return False
     prediction = str(record.get("prediction", ""))
@@ -100,6 +112,10 @@ def is_correct(
             return paper_vqa_kept(prediction, answers)
         if dataset == "visual7w":
             return paper_visual7w_kept(prediction, answers[0])
+        if dataset == "textvqa":
+            return fgtracer_textvqa_kept(prediction, answers)
+        if dataset == "chartqa":
+            return fgtracer_chartqa_kept(prediction, answers[0])
         return paper_docvqa_kept(prediction, answers)
     if parsed == "all_agree":
         return vqa_all_agree(prediction, answers, always_normalize=vqa_rule == "always_normalize")
@@ -108,16 +124,19 @@ def is_correct(
     return score is not None and (score >= threshold if operator == ">=" else score > threshold)
 
 
-def parse_rule(rule: str, dataset: str) -> tuple[str, float] | Literal["paper", "all_agree"]:
+def parse_rule(rule: str, dataset: str) -> tuple[str, float] | Literal["paper", "all_agree", "generated"]:
     """(operator, threshold) of a score rule, or the name of a named rule; ValueError for a bad rule
     or a rule that does not apply to ``dataset``."""
     if rule == "paper":
-        if dataset not in PAPER_DATASETS:
+        if dataset not in PAPER_RULE_DATASETS:
             raise ValueError(
-                f"rule 'paper' is the FlowTracker code's test for {', '.join(PAPER_DATASETS)}, not "
-                f"{dataset!r}; use score>0 (a match) or score>=X"
+                f"rule 'paper' is the FlowTracker / FG-TRACER code's test for "
+                f"{', '.join(PAPER_RULE_DATASETS)}, not {dataset!r}; use score>0 (a match), score>=X, "
+                "or generated (the model's own output as the answer)"
             )
         return "paper"
+    if rule == "generated":
+        return "generated"
     if rule == "all_agree":
         if dataset != "vqav2":
             raise ValueError(f"rule 'all_agree' needs VQAv2 predictions, not {dataset!r}")
@@ -125,7 +144,8 @@ def parse_rule(rule: str, dataset: str) -> tuple[str, float] | Literal["paper", 
     match = _SCORE_RULE.match(rule.strip())
     if match is None:
         raise ValueError(
-            f"unknown correct-set rule {rule!r}; expected 'paper', 'all_agree', 'score>X' or 'score>=X'"
+            f"unknown correct-set rule {rule!r}; expected 'paper', 'all_agree', 'generated', 'score>X' or "
+            "'score>=X'"
         )
     return match.group(1), float(match.group(2))
 
