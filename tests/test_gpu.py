@@ -24,6 +24,7 @@ def test_knockout_on_cuda_equals_cpu(tiny_dirs: dict[str, Path], family: str) ->
         prompt = model.prompt(image, "What colour is the block?")
         for strategy in ("naive", "fast"):
             sweep = vistrace.knockout_sweep(model, prompt, [5], window=3, strategy=strategy)
+            assert sweep.token_probs is not None
             results[device, strategy] = sweep.token_probs.log()
     reference = results["cpu", "naive"]
     for key, value in results.items():

@@ -96,7 +96,8 @@ def _records(path: Path) -> list[Any]:
             raise ValueError(f"{path}: expected a JSON list of objects")
         return data
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSON line (str.splitlines also splits at U+2028, which JSON strings may hold).
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
