@@ -50,6 +50,21 @@ def trace(
     vision_tower: VisionTowerOption = None,
     images: ImagesOption = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N samples.")] = None,
+    score: Annotated[
+        str,
+        typer.Option(
+            help="Score of p_full and probs: product (the answer's probability), geometric (its "
+            "per-token mean), first (first token) or mean-log (mean log-probability per token)."
+        ),
+    ] = "product",
+    layer_probs: Annotated[
+        bool,
+        typer.Option(
+            "--layer-probs",
+            help="Also store each sample's clean answer probability after every decoder layer "
+            "(logit lens) in layer_probs.jsonl.",
+        ),
+    ] = False,
 ) -> None:
     """Knockout sweep: block each pathway in sliding windows of k layers and score the answer."""
     from vistrace.runs.config import TraceConfig
@@ -66,6 +81,8 @@ def trace(
         temperature=temperature,
         limit=limit,
         images=images,
+        score=score,
+        layer_probs=layer_probs,
     )
     ensure_folder(config.out)
     loaded = load_model(model, dtype, device, device_map, vision_tower)
@@ -88,7 +105,8 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export trace results: one row per (id, pathway, k, mode) with p_full and per-layer probs."""
+    """Export trace results: one row per (id, pathway, k, mode) with p_full, per-layer probs, and every
+    score (score_product, score_geometric, score_first, score_mean_log) with its per-layer change."""
     from vistrace.runs.export import export_results
 
     default = run_dir / ("results.export.jsonl" if format == "jsonl" else f"results.{format}")
@@ -108,12 +126,35 @@ def plot_flow(
         bool, typer.Option(help="Clip increases to 0 as the paper does.", metavar="")
     ] = True,
     stages: Annotated[int, typer.Option(help="Layer groups for the stage bars.")] = 4,
+    score: Annotated[
+        str | None,
+        typer.Option(
+            help="Recompute the curves under this score (product, geometric, first, mean-log) from "
+            "the per-token probabilities (default: the run's own score)."
+        ),
+    ] = None,
+    by_word: Annotated[
+        bool,
+        typer.Option(
+            "--by-word",
+            help="Also draw, per pathway, the mean change per layer of content words, function "
+            "words (NLTK's English stop words) and punctuation.",
+        ),
+    ] = False,
 ) -> None:
     """Mean change in answer probability per layer for each pathway, and per-stage bars."""
     from vistrace.plots.flow import FlowOptions
     from vistrace.plots.flow import plot_flow as draw
 
     paths = draw(
-        run_dir, out, FlowOptions(min_p_full=min_p_full or None, clip_increases=clip_increases, stages=stages)
+        run_dir,
+        out,
+        FlowOptions(
+            min_p_full=min_p_full or None,
+            clip_increases=clip_increases,
+            stages=stages,
+            score=score,
+            by_word=by_word,
+        ),
     )
     typer.echo(f"{len(paths)} files written to {paths[0].parent}")

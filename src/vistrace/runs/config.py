@@ -20,6 +20,7 @@ import torch
 from vistrace import __version__
 from vistrace.data import DEFAULT_MAX_NEW_TOKENS, READERS, ReadResult, read_dataset
 from vistrace.hook.plan import KnockoutMode
+from vistrace.knockout.scores import SCORES
 from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, Pathway
 from vistrace.models.loading import LoadedModel
 from vistrace.volcano.loop import MAX_ROUNDS, SAMPLE_TEMPERATURE
@@ -123,7 +124,10 @@ class TraceConfig:
     Every pathway of `pathways` is blocked in windows of each size of `ks` (odd); `mode` strict (a
     true knockout) or paper (FlowTracker's numbers); `strategy` fast or naive; `temperature` of the
     answer's softmax (None: 1 for strict, 0.6 for paper); `limit`: only the first samples;
-    `images`: the folder relative image paths are resolved against (None: the data file's)."""
+    `images`: the folder relative image paths are resolved against (None: the data file's);
+    `score`: the answer score of each record's `p_full` and `probs` (:mod:`vistrace.knockout.scores`;
+    product, the answer's probability, by default); `layer_probs`: also store each sample's clean
+    answer probability after every decoder layer (logit lens) in `layer_probs.jsonl`."""
 
     data: Path
     out: Path
@@ -134,8 +138,12 @@ class TraceConfig:
     temperature: float | None = None
     limit: int | None = None
     images: Path | None = None
+    score: str = "product"
+    layer_probs: bool = False
 
     def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"--score {self.score!r}: choose one of {', '.join(SCORES)}")
         pathways = (self.pathways,) if isinstance(self.pathways, str) else tuple(self.pathways)
         ks = (self.ks,) if isinstance(self.ks, int) else tuple(self.ks)
         object.__setattr__(self, "pathways", pathways)
@@ -168,8 +176,10 @@ class TraceConfig:
         check_trace_options(self.pathways, self.ks, n_layers=n_layers)
 
     def run_settings(self, loaded: LoadedModel) -> dict[str, Any]:
-        """The run folder's settings: model, dtype, mode, temperature, data file, image folder."""
-        return {
+        """The run folder's settings: model, dtype, mode, temperature, data file, image folder; `score`
+        when it is not product and `layer_probs` when set, so the keys of a default run (and of
+        folders written before these options) stay as they were: a missing `score` means product."""
+        settings: dict[str, Any] = {
             "model": str(Path(loaded.path).resolve()),
             "dtype": _dtype_name(loaded),
             "mode": self.mode,
@@ -177,6 +187,11 @@ class TraceConfig:
             "data": str(self.data.resolve()),
             "images": None if self.images is None else str(self.images.resolve()),
         }
+        if self.score != "product":
+            settings["score"] = self.score
+        if self.layer_probs:
+            settings["layer_probs"] = True
+        return settings
 
 
 def run_config(

@@ -1,4 +1,8 @@
-"""`vistrace export`: the records of a trace run folder, checked, as JSONL, CSV or Parquet."""
+"""`vistrace export`: the records of a trace run folder, checked, as JSONL, CSV or Parquet.
+
+Every score of :mod:`vistrace.knockout.scores` is recomputed from a record's per-token
+probabilities (`p_full_tokens`, `token_probs`); records written before those were stored have only
+the product score, their own `p_full` and `probs` (:func:`record_scores`)."""
 
 from __future__ import annotations
 
@@ -8,9 +12,27 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from vistrace.knockout.scores import SCORES, change, score
 from vistrace.runs.folder import check_writable_target, iter_jsonl, write_atomic
 
-__all__ = ["EXPORT_FIELDS", "export_results", "read_results", "result_problem"]
+__all__ = [
+    "EXPORT_FIELDS",
+    "LAYER_PROBS_FILE",
+    "change_column",
+    "export_results",
+    "read_layer_probs",
+    "read_results",
+    "record_score",
+    "record_scores",
+    "result_problem",
+    "score_column",
+    "token_probabilities",
+]
+
+LAYER_PROBS_FILE = "layer_probs.jsonl"
+"""Per sample (`id`), the clean answer's per-token probabilities after every decoder layer (L × T)."""
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +49,87 @@ EXPORT_FIELDS = (
     "p_full",
     "probs",
 )
+"""The fields every exported row starts with; then `score` (the one `p_full` and `probs` use), the
+per-token probabilities and, per score of `SCORES`, :func:`score_column` and :func:`change_column`."""
+
+
+def score_column(name: str) -> str:
+    """`score_product`, `score_geometric`, `score_first`, `score_mean_log`: the unblocked score."""
+    return "score_" + name.replace("-", "_")
+
+
+def change_column(name: str) -> str:
+    """`change_<score>`: per centre layer, the change of the score (`vistrace.knockout.scores.change`)."""
+    return "change_" + name.replace("-", "_")
+
+
+def record_score(record: dict[str, Any]) -> str:
+    """The score of a record's `p_full` and `probs`; product for records that do not name one."""
+    return str(record.get("score") or "product")
+
+
+def token_probabilities(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(T,) unblocked and (L, T) blocked per-token probabilities of a record (float64), or None
+    when it has none (written before they were stored)."""
+    full, blocked = record.get("p_full_tokens"), record.get("token_probs")
+    if not full or not blocked:
+        return None
+    return torch.tensor(full, dtype=torch.float64), torch.tensor(blocked, dtype=torch.float64)
+
+
+def record_scores(
+    record: dict[str, Any], name: str, *, recompute: bool = True
+) -> tuple[float, list[float]] | None:
+    """The unblocked score `name` and its per-layer values with the pathway blocked.
+
+    Recomputed from the per-token probabilities when the record has them (with `recompute` False, the
+    record's own `p_full` and `probs` when they are of score `name`); else the record's own numbers
+    when they are of that score; else None."""
+    own = record_score(record) == name
+    tokens = token_probabilities(record)
+    if tokens is None or (own and not recompute):
+        return (float(record["p_full"]), [float(p) for p in record["probs"]]) if own else None
+    full, blocked = tokens
+    return float(score(name, full)), [float(v) for v in score(name, blocked)]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _score_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """Per score, the unblocked score and the per-layer change (None where it cannot be computed)."""
+    fields: dict[str, Any] = {}
+    for name in SCORES:
+        values = record_scores(record, name)
+        if values is None:
+            fields[score_column(name)], fields[change_column(name)] = None, None
+            continue
+        full, blocked = values
+        changes = change(
+            name, torch.tensor(blocked, dtype=torch.float64), torch.tensor(full, dtype=torch.float64)
+        )
+        fields[score_column(name)] = _finite(full)
+        fields[change_column(name)] = [_finite(float(c)) for c in changes]
+    return fields
+
+
+def read_layer_probs(run_dir: str | Path) -> dict[str, list[list[float]]]:
+    """Per sample id, the clean answer's per-token probability after every decoder layer (L × T), from
+    `run_dir/layer_probs.jsonl` (written by `vistrace trace --layer-probs`); {} when there is none."""
+    path = Path(run_dir) / LAYER_PROBS_FILE
+    if not path.is_file():
+        return {}
+    found: dict[str, list[list[float]]] = {}
+    for number, record in iter_jsonl(path):
+        rows = record.get("layer_probs")
+        if not isinstance(record.get("id"), str) or not (
+            isinstance(rows, list) and rows and all(isinstance(r, list) and r for r in rows)
+        ):
+            log.warning("%s: line %d skipped: no `id` or no `layer_probs` rows", path, number)
+            continue
+        found[record["id"]] = rows
+    return found
 
 
 def result_problem(record: dict[str, Any]) -> str | None:
@@ -43,6 +146,20 @@ def result_problem(record: dict[str, Any]) -> str | None:
         return "`probs` is missing or not a list"
     if not all(isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p) for p in probs):
         return "`probs` holds a value that is not a finite number"
+    if record_score(record) not in SCORES:
+        return f"`score` {record.get('score')!r} is not one of {', '.join(SCORES)}"
+    full, blocked = record.get("p_full_tokens"), record.get("token_probs")
+    if full is not None or blocked is not None:
+        if not (isinstance(full, list) and full and all(_number(p) for p in full)):
+            return "`p_full_tokens` is not a list of finite numbers"
+        if not (
+            isinstance(blocked, list)
+            and len(blocked) == len(probs)
+            and all(
+                isinstance(r, list) and len(r) == len(full) and all(_number(p) for p in r) for r in blocked
+            )
+        ):
+            return "`token_probs` is not one row of per-token probabilities per layer"
     if record.get("category") is not None and not isinstance(record["category"], str):
         return "`category` is not text"
     categories = record.get("categories")
@@ -51,6 +168,10 @@ def result_problem(record: dict[str, Any]) -> str | None:
     ):
         return "`categories` is not a list of text"
     return None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -73,12 +194,27 @@ def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def export_results(run_dir: str | Path, out_file: str | Path, fmt: str) -> Path:
     """One row per (id, pathway, k, mode) with `p_full`, `probs` (per centre layer), category and
-    categories (CSV: joined with `|`). The run's own files are never overwritten; ValueError when
-    the run holds no usable result."""
+    categories (CSV: joined with `|`), `score` (the score of `p_full` and `probs`), and per score of
+    `SCORES` the unblocked score (`score_product` …) and its change per centre layer
+    (`change_product` …; CSV: `change_product_l0` …) recomputed from the per-token probabilities;
+    JSONL and Parquet also carry `p_full_tokens`, `token_probs` and the sample's `layer_probs`.
+    Records without per-token probabilities (older runs) leave those empty and have the product score
+    only. The run's own files are never overwritten; ValueError when the run holds no usable result."""
     if fmt not in ("jsonl", "csv", "parquet"):
         raise ValueError(f"--format {fmt!r}: choose jsonl, csv or parquet")
     target = check_writable_target(out_file)
-    rows: list[dict[str, Any]] = [{key: r.get(key) for key in EXPORT_FIELDS} for r in read_results(run_dir)]
+    layer_probs = read_layer_probs(run_dir)
+    rows: list[dict[str, Any]] = [
+        {
+            **{key: r.get(key) for key in EXPORT_FIELDS},
+            "score": record_score(r),
+            "p_full_tokens": r.get("p_full_tokens"),
+            "token_probs": r.get("token_probs"),
+            "layer_probs": layer_probs.get(r["id"]),
+            **_score_fields(r),
+        }
+        for r in read_results(run_dir)
+    ]
     if fmt == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         write_atomic(target, lambda temporary: temporary.write_text(text, encoding="utf-8"))
@@ -103,7 +239,14 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerow(
             ["id", "pathway", "k", "mode", "temperature", "category", "categories", "p_full"]
             + [f"prob_l{i}" for i in range(n_layers)]
+            + ["score", *(score_column(name) for name in SCORES)]
+            + [f"{change_column(name)}_l{i}" for name in SCORES for i in range(n_layers)]
         )
+
+        def padded(values: list[Any] | None) -> list[Any]:
+            values = values or []
+            return [("" if v is None else v) for v in values] + [""] * (n_layers - len(values))
+
         for r in rows:
             writer.writerow(
                 [
@@ -115,6 +258,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
                     r["category"],
                     "|".join(r["categories"] or []),
                     r["p_full"],
-                    *r["probs"],
+                    *padded(r["probs"]),
+                    r["score"],
+                    *("" if r[score_column(name)] is None else r[score_column(name)] for name in SCORES),
+                    *(v for name in SCORES for v in padded(r[change_column(name)])),
                 ]
             )

@@ -1,5 +1,11 @@
 """`vistrace trace`: knockout sweeps over a JSONL file of samples, resumable, one record per
-(sample, pathway, k, mode, temperature, model)."""
+(sample, pathway, k, mode, temperature, model).
+
+Each record holds `p_full` and `probs` under the run's `score` (product unless `--score` names
+another), the per-token probabilities behind them (`p_full_tokens`, `token_probs`: every score can be
+recomputed, :func:`vistrace.runs.export.record_scores`) and the answer's `words` with their classes
+(:mod:`vistrace.knockout.words`). With `layer_probs`, each sample's clean answer probability after
+every decoder layer goes to `layer_probs.jsonl` (:func:`vistrace.runs.export.read_layer_probs`)."""
 
 from __future__ import annotations
 
@@ -19,10 +25,19 @@ from tqdm import tqdm
 from vistrace import __version__
 from vistrace.hook.plan import KnockoutMode
 from vistrace.images import ImageError, open_image, resolve_image
+from vistrace.knockout.lens import answer_probability_by_layer
 from vistrace.knockout.sweep import KnockoutRunner, Pathway
+from vistrace.knockout.words import answer_words
 from vistrace.models.loading import LoadedModel
 from vistrace.runs.config import TraceConfig, check_trace_options
-from vistrace.runs.export import EXPORT_FIELDS, export_results, read_results, result_problem
+from vistrace.runs.export import (
+    EXPORT_FIELDS,
+    LAYER_PROBS_FILE,
+    export_results,
+    read_results,
+    record_scores,
+    result_problem,
+)
 from vistrace.runs.folder import open_run
 from vistrace.runs.store import JsonlStore
 
@@ -184,6 +199,7 @@ def run_trace(loaded: LoadedModel, config: TraceConfig) -> TraceSummary:
     with open_run(config.out, "trace", config.run_settings(loaded)) as out:
         results = JsonlStore(out / "results.jsonl", RESULT_KEY)
         skipped_store = JsonlStore(out / "skipped.jsonl", ("id", "reason"))
+        layer_store = JsonlStore(out / LAYER_PROBS_FILE, ("id",)) if config.layer_probs else None
         for number, sample, error in tqdm(rows, desc=f"trace {config.mode}", unit="sample"):
             sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
             keys = [
@@ -204,7 +220,10 @@ def run_trace(loaded: LoadedModel, config: TraceConfig) -> TraceSummary:
             try:
                 if error is not None or sample is None:
                     raise SampleError(error or "empty record")
-                results.append(_trace_sample(loaded, runner, sample, sample_id, config, parsed))
+                records, layer_probs = _trace_sample(loaded, runner, sample, sample_id, config, parsed)
+                if layer_store is not None and layer_probs is not None:  # before the results it goes with
+                    layer_store.append([{"id": sample_id, "layer_probs": layer_probs}])
+                results.append(records)
                 counts["traced"] += 1
             except SampleError as problem:
                 log.warning("%s: line %d, sample %s skipped: %s", config.data, number, sample_id, problem)
@@ -228,6 +247,8 @@ def trace(
     temperature: float | None = None,
     limit: int | None = None,
     images_dir: str | Path | None = None,
+    score: str = "product",
+    layer_probs: bool = False,
 ) -> TraceSummary:
     """:func:`run_trace` with the :class:`TraceConfig` of these arguments."""
     config = TraceConfig(
@@ -240,6 +261,8 @@ def trace(
         temperature=temperature,
         limit=limit,
         images=None if images_dir is None else Path(images_dir),
+        score=score,
+        layer_probs=layer_probs,
     )
     return run_trace(loaded, config)
 
@@ -251,8 +274,9 @@ def _trace_sample(
     sample_id: str,
     config: TraceConfig,
     parsed: list[Pathway],
-) -> list[dict[str, Any]]:
-    """The result records of one sample (one per pathway and k); SampleError when it cannot be run."""
+) -> tuple[list[dict[str, Any]], list[list[float]] | None]:
+    """The result records of one sample (one per pathway and k) and, with `config.layer_probs`, its
+    clean answer probability after every decoder layer (L × T); SampleError when it cannot be run."""
     for field in ("image", "prompt"):
         if not isinstance(sample.get(field), str) or not sample[field].strip():
             raise SampleError(f"missing or empty `{field}`")
@@ -278,28 +302,43 @@ def _trace_sample(
     if context is not None and length > context:
         raise SampleError(f"prompt + answer is {length} tokens, the model's context is {context}")
     model_name = str(loaded.path)
+    words = [
+        {"text": w.text, "tokens": list(w.tokens), "kind": w.kind}
+        for w in answer_words(loaded.processor.tokenizer, answer)
+    ]
     records = []
     for k in config.ks:
         result = runner.run(prepared, answer, parsed, k, config.strategy)
         for pathway in parsed:
-            records.append(
-                {
-                    "id": sample_id,
-                    "pathway": pathway.name,
-                    "k": k,
-                    "mode": runner.mode,
-                    "temperature": runner.temperature,
-                    "model": model_name,
-                    "strategy": config.strategy,
-                    "p_full": result.p_full,
-                    "probs": result.probs[pathway.name],
-                    "answer_tokens": list(result.answer_tokens),
-                    "category": sample.get("category"),
-                    "categories": categories,
-                    "dataset": sample.get("dataset"),
-                    "n_layers": runner.n_layers,
-                    "cross_layers": sorted(runner.cross),
-                    "versions": _versions(),
-                }
-            )
-    return records
+            record: dict[str, Any] = {
+                "id": sample_id,
+                "pathway": pathway.name,
+                "k": k,
+                "mode": runner.mode,
+                "temperature": runner.temperature,
+                "model": model_name,
+                "strategy": config.strategy,
+                "p_full": result.p_full,
+                "probs": result.probs[pathway.name],
+                "answer_tokens": list(result.answer_tokens),
+                "category": sample.get("category"),
+                "categories": categories,
+                "dataset": sample.get("dataset"),
+                "n_layers": runner.n_layers,
+                "cross_layers": sorted(runner.cross),
+                "versions": _versions(),
+                "score": config.score,
+                "p_full_tokens": list(result.p_full_tokens),
+                "token_probs": result.token_probs[pathway.name],
+                "words": words,
+            }
+            if config.score != "product":  # the product stays the runner's own numbers
+                scored = record_scores(record, config.score)
+                assert scored is not None
+                record["p_full"], record["probs"] = scored
+            records.append(record)
+    layer_probs = None
+    if config.layer_probs:
+        lens = answer_probability_by_layer(loaded, prepared, answer, temperature=runner.temperature)
+        layer_probs = lens.tolist()
+    return records, layer_probs
