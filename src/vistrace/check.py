@@ -267,9 +267,10 @@ def _fast_equals_naive(probe: _Probe) -> str:
 
 def _capture_keeps_tokens(probe: _Probe) -> str:
     loaded, options = probe.loaded, {"max_new_tokens": 6, "do_sample": False}
-    plain = loaded.generate(probe.inputs, **options)
+    plain = loaded.generate(probe.inputs, **options, **compat.full_cache(loaded.model))
     with traced(loaded.model, Plan(cross_layers=probe.cross, capture=probe.recorder())):
-        captured = loaded.generate(probe.inputs, **options)
+        # As `capture` generates: with a cache that keeps every key (`compat.full_cache`).
+        captured = loaded.generate(probe.inputs, **options, **compat.full_cache(loaded.model))
     assert torch.equal(plain, captured), "greedy tokens differ with capture on"
     return "greedy tokens identical"
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +247,16 @@ def model_cache_argument(model: torch.nn.Module) -> str:
     return _cache_argument_of(getattr(model.forward, "__func__", model.forward), "model cache argument")
 
 
+def full_cache(model: torch.nn.Module) -> dict[str, Any]:
+    """A fresh config-less `DynamicCache` under the keyword `model.forward` (and `generate`) takes it:
+    every layer keeps every key. A cache built from the config keeps only the last
+    `sliding_window - 1` keys of a sliding-window layer (Gemma 3), which re-runs and captures that
+    index keys by position cannot use."""
+    from transformers.cache_utils import DynamicCache
+
+    return {model_cache_argument(model): DynamicCache()}
+
+
 def output_cache_field(output: Any) -> str:
     """The field of a model output (run with `use_cache=True`) that holds the cache."""
     keys = set(output.keys()) if hasattr(output, "keys") else set()
@@ -265,8 +275,18 @@ def output_cache(output: Any) -> Any:
     return output[output_cache_field(output)]
 
 
-def cache_tensors(cache: Any, n_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per decoder layer, the cached keys and values (1, H_kv, K, D) of a cache object."""
+def cache_tensors(
+    cache: Any,
+    n_layers: int,
+    *,
+    sequence_length: int | None = None,
+    cross_layers: Collection[int] = (),
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per decoder layer, the cached keys and values (1, H_kv, K, D) of a cache object.
+
+    With `sequence_length`, every self-attention layer (those not in `cross_layers`) must hold that
+    many keys: a cache that drops keys (a sliding-window layer of a cache built from the config) is
+    refused rather than re-run from."""
     layers = getattr(cache, "layers", None)
     if layers is None or len(layers) < n_layers:
         raise TransformersContractError(
@@ -280,6 +300,12 @@ def cache_tensors(cache: Any, n_layers: int) -> tuple[list[torch.Tensor], list[t
             raise TransformersContractError(
                 "cache layout",
                 f"{type(layer).__name__} of layer {index} has no 4-d tensors `keys` / `values`",
+            )
+        if sequence_length is not None and index not in cross_layers and key.shape[-2] != sequence_length:
+            raise TransformersContractError(
+                "cache layout",
+                f"layer {index} of the {type(cache).__name__} holds {key.shape[-2]} keys for "
+                f"{sequence_length} positions ({type(layer).__name__}); a re-run needs every key",
             )
         keys.append(key)
         values.append(value)

@@ -13,6 +13,7 @@ from vistrace.adapters.base import (
     PreparedPrompt,
     UnsupportedModelError,
 )
+from vistrace.adapters.gemma3 import GEMMA3_ADAPTER
 from vistrace.adapters.idefics3 import IDEFICS3_ADAPTERS
 from vistrace.adapters.internvl import INTERNVL_ADAPTER, REMOTE_CODE_MODEL_TYPES
 from vistrace.adapters.llava import LlavaAdapter
@@ -69,7 +70,7 @@ def traced(model: Any, plan: Plan | None = None) -> Iterator[Any]:
 
 register_adapter(LlavaAdapter())
 register_adapter(MllamaAdapter())
-for _adapter in (*QWEN_ADAPTERS, *LLAVA_NEXT_ADAPTERS, *IDEFICS3_ADAPTERS, INTERNVL_ADAPTER):
+for _adapter in (*QWEN_ADAPTERS, *LLAVA_NEXT_ADAPTERS, *IDEFICS3_ADAPTERS, INTERNVL_ADAPTER, GEMMA3_ADAPTER):
     register_adapter(_adapter)
 # Remote-code InternVL checkpoints: the adapter refuses them with one line naming the -hf conversion.
 for _remote in REMOTE_CODE_MODEL_TYPES:

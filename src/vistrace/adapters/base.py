@@ -106,6 +106,8 @@ class Adapter(abc.ABC):
     family: Literal["inline", "cross"]
     # Whether every text attention row is causal. A family whose image block attends both ways must
     # say False: the fast knockout re-runs rows on the assumption that later positions cannot matter.
+    # A family whose non-causal rows break that only for some first rows says True and names them in
+    # `rerun_start_error`.
     text_attention_causal: ClassVar[bool] = True
     # Processor inputs with one entry per token (besides input_ids and attention_mask), and how an
     # answer token extends each: a fill value or a function (tensor, extra) -> tensor.
@@ -131,6 +133,11 @@ class Adapter(abc.ABC):
     def family_contracts(self, model: Any) -> list[compat.ContractStatus]:
         """The family's own contracts with transformers, as `vistrace check` lists them. Default: none."""
         return []
+
+    def rerun_start_error(self, inputs: Mapping[str, torch.Tensor], row: int) -> str | None:
+        """Why re-running rows `row` … end of model `inputs` over the clean rows before them would not
+        be exact (a row before `row` attends to a later one), or None. Default: None (causal)."""
+        return None
 
     def extend_inputs(self, inputs: Mapping[str, torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
         """Processor `inputs` of a prompt for `input_ids` (1, S): the prompt followed by fed answer tokens."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vistrace import compat
 from vistrace.adapters import Geometry, traced
 from vistrace.hook import CaptureRecorder, Plan
 from vistrace.models.loading import LoadedModel
@@ -228,8 +229,11 @@ def capture(
     recorder = CaptureRecorder(layers=frozenset(layers), image_keys=image_keys)
     plan = Plan(cross_layers=adapter.cross_layers(model), capture=recorder)
     new_tokens = _fitting(max_new_tokens, inputs, loaded)
+    # A config-less cache keeps every key of every layer: a sliding-window layer of the cache that
+    # generate builds from the config drops old keys, and the capture gathers image keys by position.
+    cache = compat.full_cache(model)
     with traced(model, plan):
-        generated = loaded.generate(inputs, **_generation_kwargs(new_tokens, sample, temperature))
+        generated = loaded.generate(inputs, **_generation_kwargs(new_tokens, sample, temperature), **cache)
     output_ids = tuple(int(i) for i in generated[0].tolist())
     recorded = recorder.stacked()[:, 0]
     if recorded.shape[0] != len(output_ids) or recorded.shape[1] != len(layers):

@@ -109,7 +109,12 @@ def clean_pass(
     if len(hidden) != len(layers):
         raise RuntimeError(f"the clean pass ran {len(hidden)} of {len(layers)} decoder layers")
     compat.check_finisher(output.logits[:, -1], finish(last_output[-1]))
-    keys, values = compat.cache_tensors(compat.output_cache(output), len(layers))
+    keys, values = compat.cache_tensors(
+        compat.output_cache(output),
+        len(layers),
+        sequence_length=row0 + hidden[0].shape[1],
+        cross_layers=adapter.cross_layers(model),
+    )
     return CleanPass(
         keys,
         values,

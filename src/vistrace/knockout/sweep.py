@@ -162,10 +162,18 @@ class KnockoutRunner:
         layers = compat.decoder_layers(self.model)
         finish = self.adapter.finisher(self.model)
         clean_plan = self._plan(seq, len(seq.answer) - 1, 0, None, [])
+        inputs = seq.model_inputs(total, self.adapter)
+        for start in sorted(set(starts)):
+            problem = self.adapter.rerun_start_error(inputs, start)
+            if problem is not None:
+                raise ValueError(f"{problem}: the fast strategy would not be exact; use strategy naive")
+        # A config-less cache: every layer keeps every key (one built from the config keeps only the
+        # last `sliding_window - 1` keys of a sliding-window layer, and re-runs need them all).
+        cache = compat.full_cache(self.model)
         clean = clean_pass(
             self.adapter,
             self.model,
-            lambda: self._forward(seq.model_inputs(total, self.adapter), clean_plan, use_cache=True),
+            lambda: self._forward(inputs, clean_plan, use_cache=True, **cache),
             min(starts, default=total),
         )
         evaluations = self.n_layers * total

@@ -35,6 +35,7 @@ from vistrace.models.tiny_checkpoint import (
     save_tiny_checkpoint,
     token_id,
 )
+from vistrace.models.tiny_gemma3 import write_tiny_gemma3
 from vistrace.models.tiny_idefics3 import write_tiny_idefics3
 from vistrace.models.tiny_internvl import write_tiny_internvl
 from vistrace.models.tiny_llava_next import write_tiny_llava_next, write_tiny_llava_onevision
@@ -55,9 +56,11 @@ Family = Literal[
     "llava_onevision",
     "idefics3",
     "internvl",
+    "gemma3",
 ]
 # Families whose tiny checkpoints every family-parametrized test runs on (Idefics3 has its own tests:
-# on transformers before 5.24 its model and processor disagree on the number of image features).
+# on transformers before 5.24 its model and processor disagree on the number of image features;
+# Gemma 3 too: its bidirectional mask makes the lost-causal-mask check fail on another line).
 FAMILIES: tuple[Family, ...] = (
     "llava",
     "mllama",
@@ -246,6 +249,8 @@ def write_tiny(family: Family, out_dir: str | Path, *, seed: int = 0) -> Path:
         return write_tiny_idefics3(out_dir, seed=seed)
     if family == "internvl":
         return write_tiny_internvl(out_dir, seed=seed)
+    if family == "gemma3":
+        return write_tiny_gemma3(out_dir, seed=seed)
     raise ValueError(
-        f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(FAMILIES)}, idefics3"
+        f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(FAMILIES)}, idefics3, gemma3"
     )
