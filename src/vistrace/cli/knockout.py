@@ -105,8 +105,10 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export trace results: one row per (id, pathway, k, mode) with p_full, per-layer probs, and every
-    score (score_product, score_geometric, score_first, score_mean_log) with its per-layer change."""
+    """Export trace results: one row per (id, pathway, k, mode) with p_full, probs and every score.
+
+    Per score (product, geometric, first, mean-log): score_<name> of the unblocked answer and
+    change_<name> per layer, recomputed from the per-token probabilities."""
     from vistrace.runs.export import export_results
 
     default = run_dir / ("results.export.jsonl" if format == "jsonl" else f"results.{format}")
