@@ -6,12 +6,14 @@
     and answer length;
 (c) random Qwen2.5-VL: 28 layers (the 7B model's depth), hidden 128, 4 heads, 2 KV heads, a
     1120×700 image = 40×25 = 1,000 inline image features (one per 28×28 px), M-RoPE positions.
-All four pathways, k = 9, CPU float32. Prints, per case, both wall times and their ratio, the
+All four pathways, k = 9, CPU float32. `--answer-tokens N` scores an N-token answer instead of
+2 tokens (a free-form answer such as a caption: 64 tokens is the long-answer case).
+Prints, per case, both wall times and their ratio, the
 decoder-layer × token evaluations of each strategy, and the largest |fast - naive| over every
 probability (p_full and every pathway × window); `--json PATH` writes the same numbers.
 
     python benchmarks/knockout.py [--only mllama|llava|qwen2_5_vl] [--threads 2] [--mode paper|strict]
-        [--json PATH]
+        [--answer-tokens 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -53,18 +55,26 @@ def _worst(fast: KnockoutResult, naive: KnockoutResult) -> float:
     return worst
 
 
-def bench(case: str, directory: Path, mode: str, image: Image.Image | None = None) -> dict[str, Any]:
+def answer_tokens(n: int) -> list[int]:
+    """`n` answer token ids: the 2-token answer, then ordinary ids of every tiny vocabulary."""
+    return (ANSWER + [60 + (7 * i) % 50 for i in range(max(0, n - len(ANSWER)))])[:n]
+
+
+def bench(
+    case: str, directory: Path, mode: str, image: Image.Image | None = None, n_answer: int = len(ANSWER)
+) -> dict[str, Any]:
     loaded = load(directory)
     image = _image() if image is None else image
     prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, PROMPT)
     pathways = [Pathway.parse(p) for p in PAPER_PATHWAYS]
     runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
     runner.run(prepared, ANSWER[:1], pathways[:1], K, "fast")  # warm-up
+    answer = answer_tokens(n_answer)
     seconds: dict[str, float] = {}
     results: dict[str, KnockoutResult] = {}
     for strategy in ("naive", "fast"):
         start = time.perf_counter()
-        results[strategy] = runner.run(prepared, ANSWER, pathways, K, strategy)
+        results[strategy] = runner.run(prepared, answer, pathways, K, strategy)
         seconds[strategy] = time.perf_counter() - start
     naive, fast = results["naive"], results["fast"]
     return {
@@ -73,7 +83,7 @@ def bench(case: str, directory: Path, mode: str, image: Image.Image | None = Non
         "layers": runner.n_layers,
         "prompt_tokens": int(prepared.input_ids.shape[1]),
         "image_keys": None if prepared.image_keys is None else int(prepared.image_keys.numel()),
-        "answer_tokens": len(ANSWER),
+        "answer_tokens": len(answer),
         "naive_s": seconds["naive"],
         "fast_s": seconds["fast"],
         "ratio": seconds["naive"] / seconds["fast"],
@@ -106,6 +116,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["mllama", "llava", "qwen2_5_vl"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["strict", "paper"], default="paper")
+    parser.add_argument("--answer-tokens", type=int, default=len(ANSWER), help="answer length in tokens")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,12 +133,16 @@ def main() -> None:
                 num_kv_heads=2,
                 intermediate_size=1024,
             )
-            rows.append(bench("(a) Mllama, 40 layers", directory, args.mode))
+            rows.append(bench("(a) Mllama, 40 layers", directory, args.mode, n_answer=args.answer_tokens))
         if args.only in (None, "llava"):
             directory = write_tiny_llava(
                 Path(tmp) / "llava", num_layers=32, image_size=336, patch_size=14, hidden_size=128
             )
-            rows.append(bench("(b) LLaVA, 32 layers, 576 image pos.", directory, args.mode))
+            rows.append(
+                bench(
+                    "(b) LLaVA, 32 layers, 576 image pos.", directory, args.mode, n_answer=args.answer_tokens
+                )
+            )
         if args.only in (None, "qwen2_5_vl"):
             features = 40 * 25
             directory = write_tiny_qwen(
