@@ -529,8 +529,8 @@ def test_read_dataset_validates_names_splits_and_empty_files(tmp_path: Path) -> 
     assert len(read_dataset("vqav2", VQA_A, questions=VQA_Q)) == 4
     with pytest.raises(ValueError, match="--split applies to visual7w"):
         read_dataset("docvqa", FORMATS / "docvqa_example.json", split="val")
-    with pytest.raises(ValueError, match="unknown dataset 'coco'"):
-        read_dataset("coco", VQA_A)
+    with pytest.raises(ValueError, match="unknown dataset 'flickr30k'"):
+        read_dataset("flickr30k", VQA_A)
     with pytest.raises(DatasetError, match=r"empty.json: no records$"):
         read_dataset("jsonl", _write(tmp_path / "empty.json", []))
     bad = _write(tmp_path / "bad.json", [{"id": 1, "question": "Q?", "answers": ["a"]}])
