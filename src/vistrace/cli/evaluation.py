@@ -103,15 +103,20 @@ def score(
     typer.echo(table.format_table())
 
 
-_RULES_HELP = (
-    "Which questions count as correct. paper: the FlowTracker code's test per dataset (VQAv2: all ten "
-    "answers equal the prediction after its lower-casing, contraction and number-word preprocessing; "
-    "Visual7W: equal lower-cased alphanumerics; DocVQA: equal to an answer after lower-casing) and its "
-    "sampling. all_agree: VQAv2, every annotator's answer equals the prediction as the official metric "
-    "processes them (unanimous answers are not normalised, so 'Yes' misses ten 'yes'). score>X, score>=X: "
-    "the official score (VQA accuracy, ANLS, match) compared with X."
-    " TextVQA and ChartQA: paper is FG-TRACER's test. generated: every prediction with generated "
-    "tokens, the model's own output kept as the answer (COCO captions, free-form answers)."
+# One rule a paragraph: each starts a line of the help, whatever the terminal's width.
+_RULES_HELP = "\n\n".join(
+    (
+        "Which questions count as correct.",
+        "paper: the FlowTracker code's test per dataset (VQAv2: all ten answers equal the prediction after "
+        "its lower-casing, contraction and number-word preprocessing; Visual7W: equal lower-cased "
+        "alphanumerics; DocVQA: equal to an answer after lower-casing) and its sampling; TextVQA and "
+        "ChartQA: FG-TRACER's test.",
+        "all_agree: VQAv2, every annotator's answer equals the prediction as the official metric processes "
+        "them (unanimous answers are not normalised, so 'Yes' misses ten 'yes').",
+        "score>X, score>=X: the official score (VQA accuracy, ANLS, match) compared with X.",
+        "generated: every prediction with generated tokens, the model's own output kept as the answer (COCO "
+        "captions, free-form answers).",
+    )
 )
 
 
