@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .attend import POOLS, attend_section
+from .attend import LAYER_GROUPS, POOLS, attend_section
+from .encode import MAP_BITS
 from .evals import eval_section
 from .flow import trace_section
 from .page import render_page
@@ -63,19 +64,23 @@ def write_report(
     *,
     title: str = "vistrace report",
     pools: Sequence[str] = POOLS,
-    layer_groups: int = 0,
+    layer_groups: int = LAYER_GROUPS,
+    bits: int = MAP_BITS,
 ) -> Path:
     """Write ONE self-contained HTML file at `out` showing every run folder of `runs`; return `out`.
 
     Each folder's kind is detected from its files (:func:`detect_kind`): `attend` runs show each
     instance's image and stages with clickable tokens and their heatmaps (per-token maps for the
-    `top_k_mean`, `mean` and `max` head poolings, quantised to uint8) and the Figure 5 averages;
+    `top_k_mean`, `mean` and `max` head poolings over all layers and over `layer_groups` runs of
+    consecutive layers, each value quantised to `bits` bits, compressed) and the Figure 5 averages;
     `trace` runs show the flow curves with the paper's filter and clipping as toggles and a sample
     table; `eval` runs show the score per category under the dataset's metric and the mistakes.
     `pools` chooses the head poolings stored for attention runs (fewer make a smaller file);
-    `layer_groups` ≥ 2 adds maps over that many runs of consecutive layers, for the page's layer
-    control (each group costs as much as the all-layer maps); `title`
-    heads the page. Raises ValueError for a folder that is no run or an unknown pooling; the parent
+    `layer_groups` ≥ 2 stores maps over that many runs of consecutive layers (early, middle, late
+    by default) for the page's layer control, 0 none (each group costs about as much as the
+    all-layer maps); `bits` (1 to 8) sets the precision of a map value (2**bits − 1 levels between 0
+    and the token's maximum; fewer bits make a smaller file). `title` heads the page. Raises
+    ValueError for a folder that is no run, an unknown pooling or bits out of range; the parent
     folder of `out` is created.
     """
     if not runs:
@@ -84,7 +89,10 @@ def write_report(
     for run in runs:
         folder = Path(run)
         kind = detect_kind(folder)
-        section = attend_section(folder, pools, layer_groups) if kind == "attend" else _SECTIONS[kind](folder)
+        if kind == "attend":
+            section = attend_section(folder, pools, layer_groups, bits)
+        else:
+            section = _SECTIONS[kind](folder)
         sections.append({"name": folder.name or str(folder), "path": str(folder.resolve()), **section})
     data = {
         "title": title,
@@ -98,4 +106,4 @@ def write_report(
     return target
 
 
-__all__ = ["POOLS", "RunKind", "detect_kind", "write_report"]
+__all__ = ["LAYER_GROUPS", "MAP_BITS", "POOLS", "RunKind", "detect_kind", "write_report"]

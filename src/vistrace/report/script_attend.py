@@ -17,6 +17,7 @@ VT.el = function (tag, attrs, text) {
   if (text !== undefined && text !== null) { node.textContent = String(text); }
   return node;
 };
+// An 8-bit map of encode.quantize_rows (the Figure 5 averages), decoded once.
 VT.decode = function (packed) {
   if (packed._values) { return packed._values; }
   var bin = atob(packed.data), out = new Float32Array(packed.rows * packed.cols);
@@ -26,6 +27,58 @@ VT.decode = function (packed) {
   }
   packed._values = out;
   return out;
+};
+// The bytes of a base64 zlib stream, inflated by the browser (a Promise).
+VT.inflate = function (b64) {
+  if (typeof DecompressionStream === 'undefined') {
+    return Promise.reject(new Error('this browser cannot decompress the maps: it lacks DecompressionStream (Chrome 80, Firefox 113, Safari 16.4 or later have it)'));
+  }
+  var bin = atob(b64), bytes = new Uint8Array(bin.length);
+  for (var i = 0; i < bin.length; i++) { bytes[i] = bin.charCodeAt(i); }
+  var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+  return new Response(stream).arrayBuffer().then(function (buffer) { return new Uint8Array(buffer); });
+};
+// A stage's maps (encode.pack_maps), by VT.key(layer set, pooling): Float32Arrays of T x N
+// values, token after token. The bytes hold the S x T scales (float32), then per map its bit
+// planes, most significant first, each the codes feature after feature (the T tokens of a feature
+// together), eight bits to a byte. The all-layer max, when not stored, is the maximum of the
+// groups' max maps (attend.stored_sets).
+VT.key = function (label, pool) { return JSON.stringify([label, pool]); };
+VT.unpackMaps = function (packed, bytes) {
+  var T = packed.rows, N = packed.cols, S = packed.sets, B = packed.bits, n = T * N, plane = Math.ceil(n / 8);
+  var view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), off = 4 * S * T, levels = (1 << B) - 1, out = {};
+  if (bytes.length !== off + S * B * plane) { throw new Error('maps: ' + bytes.length + ' bytes, expected ' + (off + S * B * plane)); }
+  for (var s = 0; s < S; s++) {
+    var codes = new Uint8Array(n);
+    for (var p = B - 1; p >= 0; p--, off += plane) {
+      for (var i = 0; i < n; i++) { if (bytes[off + (i >> 3)] & (128 >> (i & 7))) { codes[i] |= 1 << p; } }
+    }
+    var values = new Float32Array(n);
+    for (var t = 0; t < T; t++) {
+      var step = view.getFloat32(4 * (s * T + t), true) / levels;
+      for (var j = 0; j < N; j++) { values[t * N + j] = codes[j * T + t] * step; }
+    }
+    out[VT.key(packed.stored[s][0], packed.stored[s][1])] = values;
+  }
+  var groupMax = packed.stored.filter(function (k) { return k[0] !== 'all' && k[1] === 'max'; });
+  if (!out[VT.key('all', 'max')] && groupMax.length) {
+    var all = new Float32Array(n);
+    groupMax.forEach(function (k) { var v = out[VT.key(k[0], k[1])]; for (var i = 0; i < n; i++) { if (v[i] > all[i]) { all[i] = v[i]; } } });
+    out[VT.key('all', 'max')] = all;
+  }
+  return out;
+};
+// The decoded maps of a stage (a Promise, made once; VT.pending holds it until it settles).
+VT.pending = [];
+VT.maps = function (packed) {
+  if (!packed._promise) {
+    packed._promise = VT.inflate(packed.data).then(function (bytes) { packed._values = VT.unpackMaps(packed, bytes); return packed._values; });
+    VT.pending.push(packed._promise.catch(function () { return null; }));
+  }
+  return packed._promise;
+};
+VT.forget = function (inst) {
+  Object.keys(inst.stages).forEach(function (name) { var m = inst.stages[name].maps; delete m._promise; delete m._values; });
 };
 VT.STOPS = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
 VT.color = function (t) {
@@ -52,13 +105,13 @@ VT.attend = function (run, root) {
   if (!run.instances.length) { body.appendChild(VT.el('p', null, 'No finished instance in this run.')); return; }
   controls.appendChild(VT.select('instance', run.instances.map(function (inst, i) {
     return [String(i), '#' + inst.index + ' ' + inst.image_id];
-  }), '0', function (v) { state.inst = +v; state.stage = null; renderInstance(); }));
+  }), '0', function (v) { VT.forget(run.instances[state.inst]); state.inst = +v; state.stage = null; renderInstance(); }));
   controls.appendChild(VT.select('head pooling', run.pools.map(function (p) { return [p, p]; }), state.pool,
     function (v) { state.pool = v; draw(); drawFigure5(); }));
-  var firstStage = run.instances.length ? run.instances[0].stages[Object.keys(run.instances[0].stages)[0]] : null;
-  var groups = firstStage ? Object.keys(firstStage.groups || {}) : [];
-  if (groups.length) {
-    var layerControl = VT.select('layers', [['all', 'all']].concat(groups.map(function (g) { return [g, g]; })), 'all',
+  var firstStage = run.instances[0].stages[Object.keys(run.instances[0].stages)[0]];
+  var groups = firstStage.maps.groups;
+  if (groups.length > 1) {
+    var layerControl = VT.select('layers', groups.map(function (g) { return [g, g]; }), 'all',
       function (v) { state.layers = v; draw(); });
     layerControl.querySelector('select').className = 'layers';
     controls.appendChild(layerControl);
@@ -101,6 +154,7 @@ VT.attend = function (run, root) {
     info = VT.el('p', {'class': 'info'}, 'Click a token, shift-click or select a span of tokens, to see its attention over the image.');
     text.appendChild(info);
     wrap.appendChild(pic); wrap.appendChild(text); body.appendChild(wrap);
+    names.forEach(function (name) { VT.maps(inst.stages[name].maps).catch(function () { return null; }); });  // decoded ahead of a click
     draw();
   }
   function pick(name, i, extend) {
@@ -124,9 +178,14 @@ VT.attend = function (run, root) {
       s.classList.toggle('sel', n === state.stage && i >= state.from && i <= state.to);
     }); });
     if (state.stage === null) { return; }
-    var inst = run.instances[state.inst], st = inst.stages[state.stage], geo = run.geometries[st.geometry];
-    var byGroup = state.layers !== 'all' && st.groups && st.groups[state.layers];
-    var packed = byGroup ? byGroup[state.pool] : st.maps[state.pool], values = VT.decode(packed), n = packed.cols, mean = new Float32Array(n), top = 0;
+    var inst = run.instances[state.inst], st = inst.stages[state.stage], geo = run.geometries[st.geometry], packed = st.maps;
+    if (!packed._values) {
+      info.textContent = 'decoding the maps\u2026';
+      VT.maps(packed).then(draw, function (e) { VT.errors.push(String(e)); info.textContent = String(e); });
+      return;
+    }
+    var layers = packed.groups.indexOf(state.layers) >= 0 ? state.layers : 'all';
+    var values = packed._values[VT.key(layers, state.pool)], n = packed.cols, mean = new Float32Array(n), top = 0;
     for (var t = state.from; t <= state.to; t++) { for (var j = 0; j < n; j++) { mean[j] += values[t * n + j] / (state.to - state.from + 1); } }
     for (var m = 0; m < n; m++) { top = Math.max(top, mean[m]); }
     var off = document.createElement('canvas'); off.width = canvas.width; off.height = canvas.height;
@@ -139,7 +198,7 @@ VT.attend = function (run, root) {
     }
     ctx.globalAlpha = state.opacity; ctx.drawImage(off, 0, 0); ctx.globalAlpha = 1;
     var words = st.pieces.slice(state.from, state.to + 1).join('');
-    info.textContent = state.stage + ', tokens ' + state.from + '-' + state.to + ' "' + words + '" · ' + state.pool + ' · layers ' + (byGroup ? state.layers : 'all') +
+    info.textContent = state.stage + ', tokens ' + state.from + '-' + state.to + ' "' + words + '" · ' + state.pool + ' · layers ' + layers +
       ' · max ' + top.toPrecision(3) + ' (colour scaled to this map)';
   }
   function drawFigure5() {

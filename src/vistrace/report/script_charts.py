@@ -1,5 +1,6 @@
 """The page script, part 2: the knockout flow view, the evaluation view, start-up and the self-test
-(`#selftest` in the address clicks the first token and writes what happened into the page)."""
+(`#selftest` in the address clicks the first token, waits for its maps to be decoded and drawn,
+and writes what happened into the page)."""
 
 from __future__ import annotations
 
@@ -139,31 +140,64 @@ VT.selftest = function () {
     for (var i = 3; i < px.length; i += 4) { if (px[i] > 0) { n++; sum += px[i - 3] + 3 * px[i - 2] + 7 * px[i - 1]; } }
     return [n, sum];
   }
-  // Per attention run: painted pixels before and after a click on the first token, then on the last token.
-  out.overlays = Array.prototype.map.call(document.querySelectorAll('section.run-attend'), function (section) {
-    var canvas = section.querySelector('canvas.overlay'), toks = section.querySelectorAll('.tok');
-    if (!canvas || !toks.length) { return null; }
-    var before = painted(canvas); toks[0].click();
-    var first = painted(canvas), selected = section.querySelectorAll('.tok.sel').length; toks[toks.length - 1].click();
-    var last = painted(canvas), group = null, layers = section.querySelector('select.layers');
-    if (layers && layers.options.length > 1) {
-      layers.value = layers.options[1].value; layers.dispatchEvent(new Event('change')); group = painted(canvas)[0];
-    }
-    return {before: before[0], after: first[0], selected: selected, changed: first[1] !== last[1], group: group};
+  // Every map being decoded has been decoded and drawn.
+  function settle() {
+    return Promise.all(VT.pending.splice(0)).then(function () { return new Promise(function (done) { setTimeout(done, 0); }); });
+  }
+  // Per attention run: painted pixels before and after a click on the first token (and the time
+  // from the click to the overlay drawn), then on the last token, then with the first layer group.
+  out.overlays = [];
+  var chain = Promise.resolve();
+  Array.prototype.forEach.call(document.querySelectorAll('section.run-attend'), function (section) {
+    chain = chain.then(function () {
+      var canvas = section.querySelector('canvas.overlay'), toks = section.querySelectorAll('.tok'), r = {}, first, start;
+      if (!canvas || !toks.length) { out.overlays.push(null); return null; }
+      r.before = painted(canvas)[0]; start = performance.now(); toks[0].click();
+      return settle().then(function () {
+        r.map_ms = Math.round(performance.now() - start);
+        first = painted(canvas); r.after = first[0]; r.selected = section.querySelectorAll('.tok.sel').length;
+        toks[toks.length - 1].click(); return settle();
+      }).then(function () {
+        var layers = section.querySelector('select.layers');
+        r.changed = first[1] !== painted(canvas)[1]; r.group = null; r.layer_options = layers ? layers.options.length : 0;
+        if (!layers || layers.options.length < 2) { return null; }
+        layers.value = layers.options[1].value; layers.dispatchEvent(new Event('change'));
+        return settle().then(function () { r.group = painted(canvas)[0]; });
+      }).then(function () { out.overlays.push(r); });
+    });
   });
-  var filter = document.querySelector('input.paper-filter');
-  if (filter && filter.checked) { filter.click(); }
-  out.flow_lines_unfiltered = document.querySelectorAll('.flow-line').length;
-  var row = document.querySelector('section.run-trace tr.clickable');
-  if (row) { row.click(); out.sample_lines = document.querySelectorAll('.flow-line').length; out.sample_image = !!document.querySelector('img.sample'); }
-  out.ready_ms = Math.round(VT.readyMs);
-  out.errors = VT.errors;
-  out.pwned = window.__pwned === undefined ? null : window.__pwned;
-  document.body.appendChild(VT.el('pre', {id: 'selftest-result'}, JSON.stringify(out)));
+  chain.then(function () {
+    // The maps of the first stage of the first attention run's first instance, as the page decodes
+    // them (when they hold at most 20,000 values), for the tests to compare with the pooling.
+    var run = VT.data.runs.filter(function (x) { return x.kind === 'attend' && x.instances.length; })[0];
+    if (!run) { return null; }
+    // Decoded again from its base64, timed.
+    var name = Object.keys(run.instances[0].stages)[0], packed = run.instances[0].stages[name].maps, start = performance.now();
+    delete packed._promise; delete packed._values;
+    return VT.maps(packed).then(function (values) {
+      out.decode_ms = Math.round(performance.now() - start);
+      if (packed.sets * packed.rows * packed.cols > 20000) { return; }
+      var sets = [];
+      packed.groups.forEach(function (g) { run.pools.forEach(function (p) { sets.push([g, p]); }); });
+      out.decoded = {run: run.name, stage: name, sets: sets, values: sets.map(function (k) { return Array.prototype.slice.call(values[VT.key(k[0], k[1])]); })};
+    });
+  }).then(function () {
+    var filter = document.querySelector('input.paper-filter');
+    if (filter && filter.checked) { filter.click(); }
+    out.flow_lines_unfiltered = document.querySelectorAll('.flow-line').length;
+    var row = document.querySelector('section.run-trace tr.clickable');
+    if (row) { row.click(); out.sample_lines = document.querySelectorAll('.flow-line').length; out.sample_image = !!document.querySelector('img.sample'); }
+  }).catch(function (e) { VT.errors.push('selftest: ' + e); }).then(function () {
+    out.ready_ms = Math.round(VT.readyMs);
+    out.errors = VT.errors;
+    out.pwned = window.__pwned === undefined ? null : window.__pwned;
+    document.body.appendChild(VT.el('pre', {id: 'selftest-result'}, JSON.stringify(out)));
+  });
 };
 
 (function () {
   var data = JSON.parse(document.getElementById('vistrace-data').textContent), app = document.getElementById('app');
+  VT.data = data;
   var views = {attend: VT.attend, trace: VT.trace, eval: VT.evaluation};
   var titles = {attend: 'Attention to the image', trace: 'Knockout flow', eval: 'Evaluation'};
   data.runs.forEach(function (run) {
