@@ -249,9 +249,8 @@ def model_cache_argument(model: torch.nn.Module) -> str:
 
 def full_cache(model: torch.nn.Module) -> dict[str, Any]:
     """A fresh config-less `DynamicCache` under the keyword `model.forward` (and `generate`) takes it:
-    every layer keeps every key. A cache built from the config keeps only the last
-    `sliding_window - 1` keys of a sliding-window layer (Gemma 3), which re-runs and captures that
-    index keys by position cannot use."""
+    every layer keeps every key. A cache built from the config keeps only the last `sliding_window - 1`
+    keys of a sliding-window layer (Gemma 3), which re-runs and captures (keys by position) cannot use."""
     from transformers.cache_utils import DynamicCache
 
     return {model_cache_argument(model): DynamicCache()}

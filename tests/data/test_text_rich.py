@@ -26,12 +26,11 @@ from vistrace.data.metrics_text_rich import (
     textvqa_accuracy,
 )
 from vistrace.data.prompts import chartqa_prompt, example_prompt, textvqa_llava_prompt, textvqa_prompt
+from vistrace.data.readers_coco import read_coco_captions, read_coco_karpathy
 from vistrace.data.readers_text_rich import (
     COCO_CAPTION_PROMPT,
     FGTRACER_TEXTVQA_CLASSES,
     read_chartqa,
-    read_coco_captions,
-    read_coco_karpathy,
     read_textvqa,
 )
 

@@ -87,12 +87,15 @@ def report(
         str, typer.Option(help="Comma-separated head poolings to store (top_k_mean, mean, max).")
     ] = "top_k_mean,mean,max",
     layer_groups: Annotated[
-        int, typer.Option(help="Add a layer menu with this many layer groups (0: none).")
-    ] = 0,
+        int, typer.Option(help="Layer groups in the layer menu, besides all layers (0: no menu).")
+    ] = 3,
+    bits: Annotated[
+        int, typer.Option(help="Bits per stored map value (1-8; fewer make a smaller file).")
+    ] = 4,
 ) -> None:
     """One self-contained interactive HTML page of RUNS, opened offline in any browser."""
     from vistrace.report import write_report
 
     chosen = [p.strip() for p in pools.split(",") if p.strip()]
-    path = write_report(runs, out, pools=chosen, layer_groups=layer_groups)
+    path = write_report(runs, out, pools=chosen, layer_groups=layer_groups, bits=bits)
     typer.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -21,7 +21,8 @@ from vistrace.data.prompts import (
     vqav2_prompt,
 )
 from vistrace.data.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
-from vistrace.data.readers_text_rich import read_chartqa, read_coco_captions, read_coco_karpathy, read_textvqa
+from vistrace.data.readers_coco import read_coco_captions, read_coco_karpathy
+from vistrace.data.readers_text_rich import read_chartqa, read_textvqa
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",

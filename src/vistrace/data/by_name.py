@@ -16,13 +16,8 @@ from typing import Protocol
 from vistrace.data.example import DatasetError, ReadResult
 from vistrace.data.generic import read_json_records
 from vistrace.data.readers import read_docvqa, read_mmhal, read_visual7w, read_vqav2
-from vistrace.data.readers_text_rich import (
-    is_karpathy_file,
-    read_chartqa,
-    read_coco_captions,
-    read_coco_karpathy,
-    read_textvqa,
-)
+from vistrace.data.readers_coco import is_karpathy_file, read_coco_captions, read_coco_karpathy
+from vistrace.data.readers_text_rich import read_chartqa, read_textvqa
 
 __all__ = ["JSONL_MAPPING", "READERS", "Reader", "read_dataset", "register_reader"]
 
