@@ -193,6 +193,8 @@ def test_paper_rule_refusals_and_docvqa_categories(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown VQA rule 'loose'"):
         build_analysis_set(doc, tmp_path / "z.jsonl", vqa_rule="loose")  # type: ignore[arg-type]
     generic = _write_run(tmp_path / "generic", [_record(1, "jsonl", "a", ["a"], None)])
-    with pytest.raises(ValueError, match="rule 'paper' is the FlowTracker code's test for vqav2, visual7w"):
+    with pytest.raises(
+        ValueError, match="rule 'paper' is the FlowTracker / FG-TRACER code's test for vqav2, visual7w"
+    ):
         build_analysis_set(generic, tmp_path / "y.jsonl")
     assert is_correct(_record(1, "jsonl", "a", ["a"], None), "score>0")
