@@ -41,12 +41,16 @@ def _with_images(dataset: str, tmp_path: Path) -> Path:
     return data
 
 
+@pytest.mark.parametrize("model_name", ["tiny", "demo:llava"])
 @pytest.mark.parametrize("dataset", CASES)
-def test_eval_score_build_trace(dataset: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_eval_score_build_trace(
+    dataset: str, model_name: str, tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     _, split, metric = CASES[dataset]
     assert metric_for(dataset).name == metric
     data = _with_images(dataset, tmp_path)
-    run, model = tmp_path / "eval", str(tiny_dirs["llava"])
+    run = tmp_path / "eval"
+    model = str(tiny_dirs["llava"]) if model_name == "tiny" else model_name
     split_option = ["--split", split] if split else []
     _invoke("eval", "--model", model, "--dataset", dataset, "--annotations", str(data), "--out", str(run),
             "--max-new-tokens", "3", "--limit", "2", *split_option)  # fmt: skip
@@ -59,9 +63,12 @@ def test_eval_score_build_trace(dataset: str, tiny_dirs: dict[str, Path], tmp_pa
     assert len(samples) == 2
     trace_input, traced = str(tmp_path / "trace.jsonl"), str(tmp_path / "trace")
     _invoke("trace", "--model", model, "--data", trace_input, "--out", traced, "--k", "3",
-            "--pathways", "image_to_last")  # fmt: skip
-    results = (tmp_path / "trace" / "results.jsonl").read_text().splitlines()
-    assert len(results) == 2
+            "--pathways", "image_to_last", "--score", "geometric", "--layer-probs")  # fmt: skip
+    results = [json.loads(line) for line in (tmp_path / "trace" / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 2 and all(r["score"] == "geometric" for r in results)
+    assert len((tmp_path / "trace" / "layer_probs.jsonl").read_text().splitlines()) == 2
+    _invoke("plot", "flow", traced, "--min-p-full", "0", "--by-word")
+    assert list((tmp_path / "trace").rglob("words_*.png"))
 
 
 def test_paper_rule_for_coco_is_refused_with_one_line(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
