@@ -86,8 +86,9 @@ def test_trace_config_names_the_option(tmp_path: Path, changes: dict[str, Any], 
     ("changes", "expected"),
     [
         (
-            {"dataset": "coco"},
-            "--dataset 'coco': choose one of vqav2, visual7w, docvqa, jsonl, json, hf, mmhal",
+            {"dataset": "flickr30k"},
+            "--dataset 'flickr30k': choose one of vqav2, visual7w, docvqa, jsonl, json, hf, mmhal, textvqa, "
+            "chartqa, coco",
         ),
         ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
         ({"max_new_tokens": 0}, "--max-new-tokens 0: must be at least 1"),

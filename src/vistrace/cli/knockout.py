@@ -63,6 +63,7 @@ def trace(
             "--layer-probs",
             help="Also store each sample's clean answer probability after every decoder layer "
             "(logit lens) in layer_probs.jsonl.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -141,6 +142,7 @@ def plot_flow(
             "--by-word",
             help="Also draw, per pathway, the mean change per layer of content words, function "
             "words (NLTK's English stop words) and punctuation.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
