@@ -53,10 +53,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _models import FAMILIES, PROMPT, TINY, Family, Sizes, benchmark_image, build, narrow
-
 from vistrace.capture.generate import capture, generate_text
 from vistrace.models.loading import LoadedModel
+
+from _models import FAMILIES, PROMPT, TINY, Family, Sizes, benchmark_image, build, narrow
 
 MODES = ("generate", "capture", "output_attentions")
 # Depth and width of the CPU models (the image geometry is the real one): Mllama keeps the real

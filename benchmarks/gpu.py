@@ -53,6 +53,9 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
+from vistrace.models.loading import LoadedModel, resolve_dtype
+
 from _models import (
     FAMILIES,
     PROMPT,
@@ -66,9 +69,6 @@ from _models import (
     parameter_count,
 )
 from capture import run_capture, run_generate, run_output_attentions
-
-from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutResult, KnockoutRunner, Pathway
-from vistrace.models.loading import LoadedModel, resolve_dtype
 
 K = 9
 RUN_NAMES = ("forward", "generate", "capture", "output_attentions", "naive", "fast")

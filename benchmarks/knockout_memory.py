@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from knockout import ANSWER, PROMPT, K, _image
-
 from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
 from vistrace.models.loading import load
 from vistrace.models.tiny import write_tiny_llava
+
+from knockout import ANSWER, PROMPT, K, _image
 
 
 def _status_kib(field: str) -> int:
