@@ -3,7 +3,6 @@ in the family-parametrized tests: the family is in `vistrace.models.tiny.FAMILIE
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,10 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vistrace.adapters import UnsupportedModelError, get_adapter, register_adapter
-from vistrace.adapters.internvl import INTERNVL_ADAPTER
+from vistrace.adapters import UnsupportedModelError, get_adapter
 from vistrace.models.loading import LoadedModel, load
-from vistrace.models.tiny_internvl import write_tiny_internvl
 from vistrace.roles import Role
 
 from ..conftest import scene_image
@@ -24,19 +21,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.contract]
 QUESTION = "What color is the circle?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    register_adapter(INTERNVL_ADAPTER, replace=True)
-    register_adapter(INTERNVL_ADAPTER, model_type="internvl_chat", replace=True)
-    return write_tiny_internvl(tmp_path_factory.mktemp("internvl") / "tiny")
+def checkpoint(tiny_dirs: dict[str, Path]) -> Path:
+    """The session's tiny internvl checkpoint (tests/conftest.py; one thread, adapters registered)."""
+    return tiny_dirs["internvl"]
 
 
 @pytest.fixture(scope="module")

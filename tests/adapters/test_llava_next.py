@@ -3,7 +3,6 @@ run in the family-parametrized tests: the family is in `vistrace.models.tiny.FAM
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import vistrace.adapters as adapters_module
-from vistrace.adapters import register_adapter
 from vistrace.adapters.llava_next import LlavaNextAdapter
 from vistrace.models.loading import LoadedModel, load
-from vistrace.models.tiny_llava_next import write_tiny_llava_next
 from vistrace.roles import Role
 
 from ..conftest import scene_image
@@ -25,22 +21,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.contract]
 QUESTION = "What color is the circle?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    registry = adapters_module._REGISTRY
-    saved = dict(registry)
-    register_adapter(LlavaNextAdapter(), replace=True)
-    yield write_tiny_llava_next(tmp_path_factory.mktemp("llava_next") / "tiny")
-    registry.clear()
-    registry.update(saved)
+def checkpoint(tiny_dirs: dict[str, Path]) -> Path:
+    """The session's tiny llava_next checkpoint (tests/conftest.py; one thread, adapters registered)."""
+    return tiny_dirs["llava_next"]
 
 
 @pytest.fixture(scope="module")
