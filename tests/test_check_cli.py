@@ -90,8 +90,9 @@ def test_check_fails_when_the_seam_adds_noise(
 def test_check_fails_when_the_causal_mask_is_lost(
     family: str, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The documented trap: with sdpa's mask function the seam gets no mask for an unpadded batch, and
-    the rows it computes itself would see later positions. The contracts stop it before any number."""
+    """The documented trap: with sdpa's mask function the seam gets no mask for an unpadded batch (or,
+    for Gemma 3's bidirectional image block, a boolean one that adds 0 or 1 to the scores), and the
+    rows it computes itself would see later positions. The contracts stop it before any number."""
     monkeypatch.setitem(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping, seam.SEAM_NAME, sdpa_mask)
     result = CliRunner().invoke(app, ["check", "--model", str(tiny_dirs[family])])
     assert result.exit_code == 1, result.output

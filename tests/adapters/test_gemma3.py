@@ -1,10 +1,9 @@
 """Gemma 3 on a tiny offline checkpoint: soft-token roles, the bidirectional image block through the
-seam, geometry, the caches of sliding-window layers, and the seam proofs (`vistrace check`, fast ==
-naive knockout, captured rows == eager attention)."""
+seam, geometry, the caches of sliding-window layers, fast == naive on image rows (the seam proofs run
+in the family-parametrized tests: the family is in `vistrace.models.tiny.FAMILIES`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,19 @@ from vistrace.adapters.gemma3 import Gemma3Adapter, image_blocks
 from vistrace.hook import Plan
 from vistrace.knockout.sweep import KnockoutRunner, Pathway
 from vistrace.models.loading import LoadedModel, load
-from vistrace.models.tiny_gemma3 import write_tiny_gemma3
 from vistrace.roles import Role
 
 from ..conftest import scene_image
-from .seam_proofs import assert_captured_rows_equal_eager, assert_fast_equals_naive, assert_seam_checks_pass
 
 pytestmark = [pytest.mark.integration]
 
 QUESTION = "What color is the circle?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_gemma3(tmp_path_factory.mktemp("gemma3") / "tiny")
+def checkpoint(tiny_dirs: dict[str, Path]) -> Path:
+    """The session's tiny gemma3 checkpoint (tests/conftest.py; one thread, adapters registered)."""
+    return tiny_dirs["gemma3"]
 
 
 @pytest.fixture(scope="module")
@@ -168,17 +158,6 @@ def test_pan_and_scan_geometry_matches_the_processor(loaded: LoadedModel) -> Non
     ]
 
 
-def test_seam_checks_pass(loaded: LoadedModel) -> None:
-    assert_seam_checks_pass(loaded)
-
-
-@pytest.mark.parametrize("mode", ["strict", "paper"])
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("answer", [[57], [57, 88, 101]])
-def test_fast_equals_naive(loaded: LoadedModel, mode: str, k: int, answer: list[int]) -> None:
-    assert_fast_equals_naive(loaded, mode, k, answer)
-
-
 def test_fast_equals_naive_on_image_rows(loaded: LoadedModel) -> None:
     # Pathways into the image block re-run it whole: fast == naive there too.
     pathways = [Pathway.parse(p) for p in ("image_to_image", "template_to_image")]
@@ -191,7 +170,3 @@ def test_fast_equals_naive_on_image_rows(loaded: LoadedModel) -> None:
         actual = torch.tensor(fast.probs[pathway.name], dtype=torch.float64)
         assert float((actual.log() - expected.log()).abs().max()) <= 1e-4, pathway.name
     assert naive.probs["image_to_image"] != [naive.p_full] * runner.n_layers
-
-
-def test_captured_rows_equal_eager_attention(loaded: LoadedModel, checkpoint: Path) -> None:
-    assert_captured_rows_equal_eager(loaded, checkpoint)

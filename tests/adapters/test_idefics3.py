@@ -1,42 +1,28 @@
-"""Idefics3 on a tiny offline checkpoint: loading, frame roles, geometry and the seam proofs (the
-family is not in `vistrace.models.tiny.FAMILIES`, so it gets them from `seam_proofs`)."""
+"""Idefics3 on a tiny offline checkpoint: loading, frame roles, geometry (the seam proofs run in the
+family-parametrized tests: the family is in `vistrace.models.tiny.FAMILIES`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from vistrace.adapters import register_adapter
-from vistrace.adapters.idefics3 import IDEFICS3_ADAPTERS
 from vistrace.models.loading import LoadedModel, load
-from vistrace.models.tiny_idefics3 import write_tiny_idefics3
 from vistrace.roles import Role
 
 from ..conftest import scene_image
-from .seam_proofs import assert_captured_rows_equal_eager, assert_fast_equals_naive, assert_seam_checks_pass
 
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
 QUESTION = "What color is the circle?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    for adapter in IDEFICS3_ADAPTERS:
-        register_adapter(adapter, replace=True)
-    return write_tiny_idefics3(tmp_path_factory.mktemp("idefics3") / "tiny")
+def checkpoint(tiny_dirs: dict[str, Path]) -> Path:
+    """The session's tiny idefics3 checkpoint (tests/conftest.py; one thread, adapters registered)."""
+    return tiny_dirs["idefics3"]
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +93,3 @@ def test_geometry_places_a_known_feature_on_its_pixels(loaded: LoadedModel) -> N
     square = inputs["pixel_values"][0, 1]  # (3, 42, 42), normalised
     redness = (square[0] - square[1]).unfold(0, 14, 14).unfold(1, 14, 14).mean(dim=(-1, -2)).flatten()
     assert int(redness.argmax()) == 4
-
-
-def test_seam_checks_pass(loaded: LoadedModel) -> None:
-    assert_seam_checks_pass(loaded)
-
-
-@pytest.mark.parametrize("mode", ["strict", "paper"])
-@pytest.mark.parametrize("k", [1, 3, 9])
-@pytest.mark.parametrize("answer", [[57], [57, 88, 101]])
-def test_fast_equals_naive(loaded: LoadedModel, mode: str, k: int, answer: list[int]) -> None:
-    assert_fast_equals_naive(loaded, mode, k, answer)
-
-
-def test_captured_rows_equal_eager_attention(loaded: LoadedModel, checkpoint: Path) -> None:
-    assert_captured_rows_equal_eager(loaded, checkpoint)

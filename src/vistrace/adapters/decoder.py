@@ -87,8 +87,17 @@ def slice_rows(
         if name in cached_arguments:
             out[name] = None
         elif name == "attention_mask":
-            if not isinstance(value, torch.Tensor) or value.dim() != 4:
-                raise compat.unknown_layer_argument(name, "a re-run needs a 4-d additive attention mask")
+            # A boolean mask (sdpa's, when the seam's mask function is not registered) would be added
+            # to the scores as 0 / 1: the rows a re-run computes would see every key.
+            if not isinstance(value, torch.Tensor) or value.dim() != 4 or not value.is_floating_point():
+                got = (
+                    f"{value.dim()}-d {str(value.dtype).removeprefix('torch.')}"
+                    if isinstance(value, torch.Tensor)
+                    else type(value).__name__
+                )
+                raise compat.unknown_layer_argument(
+                    name, f"a re-run needs a 4-d additive attention mask, got {got}"
+                )
             out[name] = value[:, :, start:end, :end]
         elif name == "position_embeddings" and value is not None:
             out[name] = tuple(t[:, start:end] for t in value)
