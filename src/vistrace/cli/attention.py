@@ -17,6 +17,7 @@ from vistrace.cli.options import (
     VisionTowerOption,
     expand_path,
     integers,
+    launched,
     load_model,
 )
 
@@ -78,8 +79,12 @@ def attend(
         images=images,
     )
     ensure_folder(config.out)
-    log_path = run_attend(load_model(model, dtype, device, device_map, vision_tower), config)
-    typer.echo(f"log: {log_path}")
+    shard = launched(device, device_map)
+    log_path = run_attend(
+        load_model(model, dtype, device, device_map, vision_tower, shard), config, shard=shard
+    )
+    if shard.rank == 0:
+        typer.echo(f"log: {log_path}")
 
 
 def plot_avg_attention(

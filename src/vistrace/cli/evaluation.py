@@ -17,6 +17,7 @@ from vistrace.cli.options import (
     ModelOption,
     VisionTowerOption,
     expand_path,
+    launched,
     load_model,
 )
 from vistrace.data.by_name import READERS
@@ -79,13 +80,16 @@ def eval_command(
         limit=limit,
     )
     ensure_folder(config.out)
+    shard = launched(device, device_map)
     read = config.read()
-    for skipped in read.skipped:
+    for skipped in read.skipped if shard.rank == 0 else ():
         logging.getLogger("vistrace.eval").warning("skipped %s", skipped.reason)
-    summary = run_eval(load_model(model, dtype, device, device_map, vision_tower), config, read)
-    typer.echo(
-        f"{summary.generated} generated, {summary.resumed} resumed, {summary.skipped} skipped -> {out}"
-    )
+    loaded = load_model(model, dtype, device, device_map, vision_tower, shard)
+    summary = run_eval(loaded, config, read, shard)
+    if shard.rank == 0:
+        typer.echo(
+            f"{summary.generated} generated, {summary.resumed} resumed, {summary.skipped} skipped -> {out}"
+        )
 
 
 def score(

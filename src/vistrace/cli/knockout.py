@@ -16,6 +16,7 @@ from vistrace.cli.options import (
     VisionTowerOption,
     expand_path,
     integers,
+    launched,
     load_model,
 )
 
@@ -86,13 +87,16 @@ def trace(
         layer_probs=layer_probs,
     )
     ensure_folder(config.out)
-    loaded = load_model(model, dtype, device, device_map, vision_tower)
+    shard = launched(device, device_map)
+    loaded = load_model(model, dtype, device, device_map, vision_tower, shard)
     config.check_model(loaded.adapter.num_layers(loaded.model))
-    summary = run_trace(loaded, config)
-    typer.echo(
-        f"{summary.traced} traced, {summary.resumed} already done, {summary.skipped} skipped; "
-        f"{summary.records} records in {summary.out_dir / 'results.jsonl'}"
-    )
+    summary = run_trace(loaded, config, shard)
+    if shard.rank == 0:
+        typer.echo(
+            f"{summary.traced} traced, {summary.resumed} already done, {summary.skipped} skipped; "
+            f"{summary.records} records in {summary.out_dir / 'results.jsonl'}"
+            + (f" and its {shard.world - 1} rank file(s)" if shard.world > 1 else "")
+        )
 
 
 def export(

@@ -76,22 +76,40 @@ def integers(text: str, option: str) -> list[int]:
     return values
 
 
+def launched(device: str | None, device_map: str | None) -> Any:
+    """This process's :class:`~vistrace.runs.shard.Shard` of a run started by torchrun or
+    accelerate launch (rank 0 of 1 otherwise); ValueError for --device-map with several processes."""
+    import torch
+
+    from vistrace.runs.shard import launched_shard
+
+    cpu = device == "cpu" or (device_map is None and not torch.cuda.is_available())
+    shard = launched_shard(cpu=cpu)
+    if shard.world > 1 and device_map is not None:
+        raise ValueError(
+            f"--device-map with {shard.world} processes would place every process's model over the "
+            "same devices; run one process with --device-map, or several without it"
+        )
+    return shard
+
+
 def load_model(
     model: str,
     dtype: str = "auto",
     device: str | None = None,
     device_map: str | None = None,
     vision_tower: str | None = None,
+    shard: Any = None,
 ) -> Any:
     """The `LoadedModel` of the model options; without --device or --device-map, the GPU when one
-    is present."""
+    is present (in a sharded run, the one the launcher gave this process: `shard.device`)."""
     from safetensors import SafetensorError
 
     from vistrace.models import loading
     from vistrace.models.builtin import resolve_model_dir
 
     if device is None and device_map is None:
-        device = "auto"
+        device = "auto" if shard is None or shard.device is None else shard.device
     try:
         return loading.load(
             resolve_model_dir(model),

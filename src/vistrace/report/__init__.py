@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from vistrace.runs.attend_io import rank_logs
+from vistrace.runs.shard import shard_paths
+
 from .attend import LAYER_GROUPS, POOLS, attend_section
 from .encode import MAP_BITS
 from .evals import eval_section
@@ -37,6 +40,13 @@ _MARKERS: tuple[tuple[str, RunKind], ...] = (
 )
 
 
+def _has_run_file(folder: Path, name: str) -> bool:
+    """Whether `folder` holds the run file `name` or, in a sharded run, a rank's share of it."""
+    if name == "log.json":
+        return (folder / name).is_file() or bool(rank_logs(folder))
+    return bool(shard_paths(folder, name))
+
+
 def detect_kind(run: str | Path) -> RunKind:
     """The kind of the run folder `run`: `attend` (has `log.json`), `trace` (`results.jsonl`) or
     `eval` (`predictions.jsonl`); the `command` of its `config.json` decides when several are there.
@@ -44,7 +54,7 @@ def detect_kind(run: str | Path) -> RunKind:
     folder = Path(run)
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such run folder")
-    found = [kind for name, kind in _MARKERS if (folder / name).is_file()]
+    found = [kind for name, kind in _MARKERS if _has_run_file(folder, name)]
     config = folder / "config.json"
     if len(found) > 1 and config.is_file():
         command = json.loads(config.read_text(encoding="utf-8")).get("command")

@@ -3,13 +3,12 @@ dataset's metric (:func:`vistrace.runs.scoring.score_record`) and the prediction
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from vistrace.runs.evaluate import CONFIG_FILE, PREDICTIONS_FILE, read_jsonl
+from vistrace.runs.predictions import load_predictions
 from vistrace.runs.scoring import metric_name, record_categories, score_record
 
 from .encode import image_data_uri, rounded
@@ -37,9 +36,7 @@ def eval_section(run: Path) -> dict[str, Any]:
 
     Scores are computed with the default rules of :func:`vistrace.runs.scoring.score_run`; nothing is
     written into the run folder."""
-    records = list({str(r["id"]): r for r in read_jsonl(run / PREDICTIONS_FILE)}.values())
-    config_path = run / CONFIG_FILE
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    records, config = load_predictions(run)
     datasets = sorted({str(r.get("dataset", "")) for r in records})
     dataset = str(config.get("dataset") or (datasets[0] if datasets else ""))
     per_category: dict[str, list[float]] = {}

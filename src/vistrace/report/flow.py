@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from vistrace.images import ImageError, open_image, resolve_image
+from vistrace.runs.export import read_results
 from vistrace.runs.folder import CONFIG_FILE
-from vistrace.runs.store import read_records
 
 from .encode import image_data_uri, rounded
 
@@ -69,7 +69,7 @@ def trace_section(run: Path) -> dict[str, Any]:
     inputs = _data_samples(config)
     results: list[dict[str, Any]] = []
     samples: dict[str, dict[str, Any]] = {}
-    for record in read_records(run / "results.jsonl"):
+    for record in read_results(run):
         sample_id = str(record["id"])
         categories = record.get("categories") or [record.get("category") or "all"]
         results.append(

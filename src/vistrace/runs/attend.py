@@ -19,13 +19,17 @@ from vistrace.runs.attend_io import (
     Instance,
     InstanceError,
     load_image,
+    rank_log,
+    rank_logs,
     read_instances,
+    read_log,
     read_record,
     save_instance,
     write_json,
 )
 from vistrace.runs.config import AttendConfig
 from vistrace.runs.folder import open_run
+from vistrace.runs.shard import Shard, launched_shard
 from vistrace.runs.trace import special_token_problem
 from vistrace.volcano.loop import volcano_instance
 
@@ -40,23 +44,54 @@ class _RunLog:
 
     def add(self, index: int, entry: dict[str, Any]) -> None:
         self.entries[index] = entry
+        self.write()
+
+    def write(self) -> None:
         write_json(
             self.path, {"config": self.config, "entries": [self.entries[i] for i in sorted(self.entries)]}
         )
 
 
-def _open_log(run_dir: Path, config: dict[str, Any]) -> _RunLog:
-    path = run_dir / LOG_FILE
-    log = _RunLog(path, config)
+def _check_log_config(run_dir: Path, config: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The entries of the run's log so far (:func:`read_log`, rank logs merged); ValueError when it
+    was made with another configuration."""
+    try:
+        previous = read_log(run_dir)
+    except FileNotFoundError:
+        return {}
+    if previous.get("config") != config:
+        raise ValueError(
+            f"{run_dir} holds a run with another configuration ({previous.get('config')}); "
+            f"this run is {config}. Use another output directory."
+        )
+    return {int(entry["index"]): entry for entry in previous["entries"]}
+
+
+def _open_log(run_dir: Path, config: dict[str, Any], shard: Shard, selected: set[int]) -> _RunLog:
+    """The log this process writes: `log.json` in a one-process run (rank logs left by a sharded run
+    merged into it), else its rank log, with the entries it held of instances this call does not
+    run (those it runs get their entries anew, from whichever rank owns them now)."""
+    entries = _check_log_config(run_dir, config)
+    if shard.world == 1:
+        log = _RunLog(run_dir / LOG_FILE, config, entries)
+        log.write()
+        for merged in rank_logs(run_dir):
+            merged.unlink()
+        return log
+    path = rank_log(run_dir, shard.rank)
+    kept = {}
     if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous.get("config") != config:
-            raise ValueError(
-                f"{run_dir} holds a run with another configuration ({previous.get('config')}); "
-                f"this run is {config}. Use another output directory."
-            )
-        log.entries = {int(entry["index"]): entry for entry in previous.get("entries", [])}
-    return log
+        own = json.loads(path.read_text(encoding="utf-8")).get("entries", [])
+        kept = {int(e["index"]): e for e in own if int(e["index"]) not in selected}
+    return _RunLog(path, config, kept)
+
+
+def _merge_logs(run_dir: Path, config: dict[str, Any]) -> None:
+    """Rank 0's last step: every rank log merged into `log.json`, then removed."""
+    merged = _RunLog(run_dir / LOG_FILE, config, _check_log_config(run_dir, config))
+    merged.write()
+    for path in rank_logs(run_dir):
+        path.unlink()
 
 
 def _skip(log: _RunLog, index: int, instance: Instance | None, reason: str) -> None:
@@ -69,6 +104,7 @@ def run_attend(
     loaded: LoadedModel,
     config: AttendConfig,
     instances: Sequence[Instance | InstanceError] | None = None,
+    shard: Shard | None = None,
 ) -> Path:
     """Run every instance (or those of `config.instance_idx`) and write the run folder; return
     `log.json`.
@@ -78,14 +114,22 @@ def run_attend(
     (missing image, unreachable URL, bad record, prompt too long) are retried. Sampling is seeded
     per instance with `seed + index`, so a resumed run draws what an uninterrupted one would. A
     relative `image_src` is resolved against `config.images`, else the input file's folder.
+    `shard`: this process's share of a sharded run (:mod:`vistrace.runs.shard`; default: the
+    launcher's, one process when none): instance `i` of the input is rank `i mod N`'s.
     """
     if instances is None:
         if config.input is None:
             raise ValueError("--input is required (a JSON list or JSONL file of instances)")
         instances = read_instances(config.input)
     settings = config.run_settings(loaded)
-    with open_run(config.out, "attend", settings) as run_dir:
-        return _run_instances(loaded, list(instances), run_dir, settings, config)
+    shard = launched_shard(cpu=loaded.device.type == "cpu") if shard is None else shard
+    with open_run(config.out, "attend", settings, rank=shard.rank) as run_dir:
+        _run_instances(loaded, list(instances), run_dir, settings, config, shard)
+        shard.wait()
+        if shard.world > 1 and shard.rank == 0:
+            _merge_logs(run_dir, settings)
+        shard.wait()  # every process returns once `log.json` holds the whole run
+    return run_dir / LOG_FILE
 
 
 def run_volcano(
@@ -130,16 +174,19 @@ def _run_instances(
     run_dir: Path,
     settings: dict[str, Any],
     config: AttendConfig,
-) -> Path:
-    """Run the selected instances into the locked `run_dir`; the path of `log.json`."""
-    log = _open_log(run_dir, settings)
+    shard: Shard,
+) -> None:
+    """Run the selected instances `shard` owns into the locked `run_dir`."""
     wanted = None if config.instance_idx is None else set(config.instance_idx)
     selected = [
         (position, record)
         for position, record in enumerate(records)
         if wanted is None or _index_of(record, position) in wanted
     ]
-    for position, record in tqdm(selected, desc="attention", unit="instance"):
+    log = _open_log(run_dir, settings, shard, {_index_of(record, position) for position, record in selected})
+    mine = [(position, record) for position, record in selected if shard.owns(position)]
+    bar = tqdm(mine, desc=f"attention{shard.label}", unit="instance", position=shard.rank)
+    for position, record in bar:
         index = _index_of(record, position)
         if isinstance(record, InstanceError):
             _skip(log, index, None, str(record))
@@ -173,7 +220,6 @@ def _run_instances(
             directory, result.stages, {"instance": record.to_dict(), "config": settings, "log": entry}, image
         )
         log.add(index, entry)
-    return log.path
 
 
 def _index_of(record: Instance | InstanceError, position: int) -> int:

@@ -13,7 +13,8 @@ Output, under a run directory:
   per stage, the `StageCapture` fields (prompt text, input/output ids, output tokens, text, layers,
   geometry);
 - `log.json`: `{"config": ..., "entries": [...]}`, one entry per instance in input order (finished
-  or skipped with a reason).
+  or skipped with a reason); in a sharded run each rank writes `log.rank-<rank>.json` and rank 0
+  merges them into `log.json` at the end (:func:`read_log` reads the merged view at any time).
 
 Every file is written to a temporary name and moved into place, so a killed run leaves no half
 file; `attention.json` is written last and marks an instance as finished. Nothing is pickled.
@@ -43,6 +44,7 @@ IMAGE_FILE = "image.png"
 IMAGE_MAX_SIDE = 1024
 RECORD_FILE = "attention.json"
 LOG_FILE = "log.json"
+_RANK_LOG = re.compile(r"^log\.rank-[0-9]+\.json$")
 FORMAT = "vistrace.attention/1"
 TENSOR_SUFFIX = ".image_attention"
 _REQUIRED = ("image_id", "image_src", "question")
@@ -267,15 +269,41 @@ def instance_dir(run_dir: str | Path, instance_idx: int) -> Path:
     return matches[0]
 
 
-def read_log(run_dir: str | Path) -> dict[str, Any]:
-    """The run's `log.json`: `{"config": {...}, "entries": [...]}`."""
-    path = Path(run_dir) / LOG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no run log; run the attention workflow into {Path(run_dir)} first")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "entries" not in data:
+def rank_log(run_dir: str | Path, rank: int) -> Path:
+    """The log rank `rank` of a sharded run writes while it runs (`log.rank-<rank>.json`); rank 0
+    merges every one into `log.json` when all are done (:mod:`vistrace.runs.shard`)."""
+    return Path(run_dir) / f"log.rank-{int(rank)}.json"
+
+
+def rank_logs(run_dir: str | Path) -> list[Path]:
+    """The rank logs in `run_dir` not yet merged into `log.json`, the least recently written first."""
+    found = [p for p in Path(run_dir).glob("log.rank-*.json") if _RANK_LOG.match(p.name) and p.is_file()]
+    return sorted(found, key=lambda path: path.stat().st_mtime_ns)
+
+
+def _read_log_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a vistrace run log ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
         raise ValueError(f"{path}: not a vistrace run log")
     return data
+
+
+def read_log(run_dir: str | Path) -> dict[str, Any]:
+    """The run's log, `{"config": {...}, "entries": [...]}`, one entry per instance in input order:
+    `log.json` with the entries of any rank log of a sharded run not yet merged into it (the most
+    recently written entry of an instance wins)."""
+    root = Path(run_dir)
+    files = ([root / LOG_FILE] if (root / LOG_FILE).is_file() else []) + rank_logs(root)
+    if not files:
+        raise FileNotFoundError(
+            f"{root / LOG_FILE}: no run log; run the attention workflow into {root} first"
+        )
+    logs = [_read_log_file(path) for path in files]
+    entries = {int(entry["index"]): entry for data in logs for entry in data["entries"]}
+    return {"config": logs[0].get("config"), "entries": [entries[i] for i in sorted(entries)]}
 
 
 __all__ = [
@@ -290,6 +318,8 @@ __all__ = [
     "load_preview",
     "load_stages",
     "parse_instance",
+    "rank_log",
+    "rank_logs",
     "read_instances",
     "read_log",
     "read_record",

@@ -23,12 +23,13 @@ from vistrace.runs.predictions import (
     run_dataset,
     score_record,
 )
+from vistrace.runs.shard import POSITION
 
 __all__ = ["PAPER_CATEGORY_ORDER", "BuildSummary", "CategoryCount", "build_analysis_set", "summary_path"]
 
 logger = logging.getLogger(__name__)
 
-_DROPPED_KEYS = ("generated_ids", "prediction")
+_DROPPED_KEYS = ("generated_ids", "prediction", POSITION)  # the eval run's order, not the trace's
 PAPER_CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
     "vqav2": ("other", "yes/no", "number"),
     "visual7w": ("what", "where", "how", "who", "when", "why"),

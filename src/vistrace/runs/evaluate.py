@@ -34,8 +34,9 @@ from vistrace.runs.config import (
     run_config,
 )
 from vistrace.runs.eval_batches import BatchRunner, Skip, build_prompt, one_line
-from vistrace.runs.folder import ConfigMismatchError, open_run, read_jsonl, repair_tail
+from vistrace.runs.folder import ConfigMismatchError, open_run, read_jsonl, repair_tail, shard_base
 from vistrace.runs.predictions import PREDICTIONS_FILE, SKIPPED_FILE
+from vistrace.runs.shard import POSITION, Shard, launched_shard, read_union, shard_paths
 
 __all__ = [
     "DATASETS",
@@ -92,7 +93,9 @@ def _write_lines(handle: IO[str], records: Iterable[dict[str, Any]]) -> None:
     os.fsync(handle.fileno())
 
 
-def run_eval(loaded: LoadedModel, config: EvalConfig, read: ReadResult | None = None) -> EvalSummary:
+def run_eval(
+    loaded: LoadedModel, config: EvalConfig, read: ReadResult | None = None, shard: Shard | None = None
+) -> EvalSummary:
     """Answer the examples of `read` (default: ``config.read()``), the first ``config.limit`` of
     them, with greedy generation into ``config.out``.
 
@@ -105,11 +108,14 @@ def run_eval(loaded: LoadedModel, config: EvalConfig, read: ReadResult | None = 
     file is refused). Bad examples go to ``skipped.jsonl`` with a reason and a logged warning; the
     run goes on. The records the reader skipped (``read.skipped``) are written there too and counted
     as skipped, so that the file and the summary account for every record of the dataset. The
-    folder is locked while the run writes (:func:`vistrace.runs.folder.open_run`).
+    folder is locked while the run writes (:func:`vistrace.runs.folder.open_run`). ``shard``: this
+    process's share of a sharded run (:mod:`vistrace.runs.shard`; default: the launcher's, one
+    process when none); the summary counts every process's examples.
     """
     read = config.read() if read is None else read
-    with open_run(config.out, "eval", config.run_settings(loaded)) as out:
-        return _evaluate(loaded, read.examples, out, config, read.skipped)
+    shard = launched_shard(cpu=loaded.device.type == "cpu") if shard is None else shard
+    with open_run(config.out, "eval", config.run_settings(loaded), rank=shard.rank) as out:
+        return _evaluate(loaded, read.examples, out, config, read.skipped, shard)
 
 
 def evaluate(
@@ -147,17 +153,24 @@ def _evaluate(
     out: Path,
     config: EvalConfig,
     unreadable: Iterable[Skipped],
+    shard: Shard,
 ) -> EvalSummary:
-    """The generation loop of :func:`run_eval` in the locked run folder `out`."""
+    """The generation loop of :func:`run_eval` in the locked run folder `out`, over the examples
+    `shard` owns."""
     dataset, batch_size, limit = config.dataset, config.batch_size, config.limit
-    config_file, predictions, skipped_file = out / CONFIG_FILE, out / PREDICTIONS_FILE, out / SKIPPED_FILE
+    predictions, skipped_file = out / shard.file(PREDICTIONS_FILE), out / shard.file(SKIPPED_FILE)
     repair_tail(predictions)
-    finished = {str(record["id"]) for record in read_jsonl(predictions)}
+    finished = {str(record.get("id")) for _, _, record in read_union(out, PREDICTIONS_FILE)}
+    if shard.rank == 0:  # the skips of an earlier call with more processes are not this call's
+        for stale in shard_paths(out, SKIPPED_FILE):
+            if shard_base(stale.name)[1] >= shard.world:
+                stale.unlink()
 
     chosen = list(examples)
     if limit is not None:
         chosen = chosen[:limit]
     resumed = len({example.id for example in chosen if example.id in finished})
+    position_of: dict[str, int] = {}
     runner = BatchRunner(loaded, dataset, config.seed, config.new_tokens, out)
     tokenizer = runner.tokenizer
     side = tokenizer.padding_side
@@ -167,21 +180,28 @@ def _evaluate(
     todo: list[Example] = []
     duplicates: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for position, example in enumerate(chosen, start=1):
+    for position, example in enumerate(chosen):
         if example.id in seen:
-            reason = f"duplicate id, examples {seen[example.id]} and {position} of the dataset"
-            duplicates.append(_skip_record(example, reason))
+            if shard.owns(position):
+                reason = f"duplicate id, examples {seen[example.id]} and {position + 1} of the dataset"
+                duplicates.append(_skip_record(example, reason))
             continue
-        seen[example.id] = position
-        if example.id not in finished:
+        seen[example.id] = position + 1
+        if example.id not in finished and shard.owns(position):
             todo.append(example)
+            position_of[example.id] = position
     try:
         with (
             predictions.open("a", encoding="utf-8") as pred_handle,
             skipped_file.open("w", encoding="utf-8") as skip_handle,
-            tqdm(total=len(todo), unit="sample", desc=f"eval {dataset}") as bar,
+            tqdm(
+                total=len(todo), unit="sample", desc=f"eval {dataset}{shard.label}", position=shard.rank
+            ) as bar,
         ):
-            unread = [{"id": s.id, "source": s.source, "reason": one_line(s.reason)} for s in unreadable]
+            unread = [
+                {"id": s.id, "source": s.source, "reason": one_line(s.reason)}
+                for s in (unreadable if shard.rank == 0 else ())
+            ]
             _write_lines(skip_handle, [*unread, *duplicates])
             skipped = len(unread) + len(duplicates)
             for start in range(0, len(todo), batch_size):
@@ -196,7 +216,7 @@ def _evaluate(
                 records, reasons = runner.generate(items) if items else ([], {})
                 by_id = {example.id: example for example in batch}
                 skips.extend(_skip_record(by_id[key], reason) for key, reason in reasons.items())
-                _write_lines(pred_handle, records)
+                _write_lines(pred_handle, [{**r, POSITION: position_of[r["id"]]} for r in records])
                 _write_lines(skip_handle, skips)
                 generated += len(records)
                 skipped += len(skips)
@@ -204,9 +224,19 @@ def _evaluate(
                 bar.set_postfix(skipped=skipped)
     finally:
         tokenizer.padding_side = side
+    shard.wait()
+    counts = shard.total({"generated": generated, "skipped": skipped})
     seconds = time.perf_counter() - started
     return EvalSummary(
-        out, predictions, skipped_file, config_file, len(chosen), resumed, generated, skipped, seconds
+        out,
+        out / PREDICTIONS_FILE,
+        out / SKIPPED_FILE,
+        out / CONFIG_FILE,
+        len(chosen),
+        resumed,
+        counts["generated"],
+        counts["skipped"],
+        seconds,
     )
 
 

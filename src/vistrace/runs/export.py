@@ -15,21 +15,29 @@ from typing import Any
 import torch
 
 from vistrace.knockout.scores import SCORES, change, score
-from vistrace.runs.folder import check_writable_target, iter_jsonl, write_atomic
+from vistrace.runs.folder import check_writable_target, write_atomic
+from vistrace.runs.shard import read_union
 
 __all__ = [
     "EXPORT_FIELDS",
     "LAYER_PROBS_FILE",
+    "RESULTS_FILE",
+    "RESULT_KEY",
     "change_column",
     "export_results",
     "read_layer_probs",
     "read_results",
     "record_score",
     "record_scores",
+    "result_key",
     "result_problem",
     "score_column",
     "token_probabilities",
 ]
+
+RESULTS_FILE = "results.jsonl"
+RESULT_KEY = ("id", "pathway", "k", "mode", "temperature", "model")
+"""The fields that name one record of a trace run: a resumed run skips a key already written."""
 
 LAYER_PROBS_FILE = "layer_probs.jsonl"
 """Per sample (`id`), the clean answer's per-token probabilities after every decoder layer (L × T)."""
@@ -116,12 +124,10 @@ def _score_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 def read_layer_probs(run_dir: str | Path) -> dict[str, list[list[float]]]:
     """Per sample id, the clean answer's per-token probability after every decoder layer (L × T), from
-    `run_dir/layer_probs.jsonl` (written by `vistrace trace --layer-probs`); {} when there is none."""
-    path = Path(run_dir) / LAYER_PROBS_FILE
-    if not path.is_file():
-        return {}
+    `run_dir/layer_probs.jsonl` and its shards (written by `vistrace trace --layer-probs`); {} when
+    there is none."""
     found: dict[str, list[list[float]]] = {}
-    for number, record in iter_jsonl(path):
+    for path, number, record in read_union(Path(run_dir), LAYER_PROBS_FILE, key=lambda r: str(r.get("id"))):
         rows = record.get("layer_probs")
         if not isinstance(record.get("id"), str) or not (
             isinstance(rows, list) and rows and all(isinstance(r, list) and r for r in rows)
@@ -174,17 +180,25 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def result_key(record: dict[str, Any]) -> tuple[str, ...]:
+    """The :data:`RESULT_KEY` fields of a trace record, as JSON text."""
+    return tuple(json.dumps(record.get(field), sort_keys=True) for field in RESULT_KEY)
+
+
 def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The usable records of `run_dir/results.jsonl`; a bad line is skipped with a warning naming
-    the file, line and reason. ValueError when the folder holds none."""
-    path = Path(run_dir) / "results.jsonl"
-    if not path.is_file():
+    """The usable records of `run_dir/results.jsonl` and its shards (:mod:`vistrace.runs.shard`),
+    in input order; a bad line is skipped with a warning naming the file, line and reason.
+    ValueError when the folder holds none."""
+    folder = Path(run_dir)
+    path = folder / RESULTS_FILE
+    union = read_union(folder, RESULTS_FILE, key=lambda r: None if result_problem(r) else result_key(r))
+    if not union and not path.is_file():
         raise ValueError(f"{run_dir}: no results.jsonl; is it a `vistrace trace` run folder?")
     records = []
-    for number, record in iter_jsonl(path):
+    for source, number, record in union:
         problem = result_problem(record)
         if problem is not None:
-            log.warning("%s: line %d (id %s) skipped: %s", path, number, record.get("id"), problem)
+            log.warning("%s: line %d (id %s) skipped: %s", source, number, record.get("id"), problem)
             continue
         records.append(record)
     if not records:

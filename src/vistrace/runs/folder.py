@@ -7,7 +7,10 @@ of settings:
   checked on every resume; other settings (model, dtype, mode, temperature, dataset, input file)
   or another command are refused with one line, so results are never mixed;
 - ``.vistrace.lock``: held while a command writes; a second process on the same folder refuses
-  with one line instead of writing every record twice;
+  with one line instead of writing every record twice. The processes of a sharded run
+  (:mod:`vistrace.runs.shard`) each hold their own: rank 0 this one, rank K ``.vistrace.rank-K.lock``;
+- ``<name>.rank-K.<ext>``: the share of ``<name>.<ext>`` written by rank K > 0 of a sharded run
+  (:func:`shard_name`); readers see the union (:func:`vistrace.runs.shard.read_union`);
 - JSON-lines result files, appended line by line and fsynced (:func:`append_jsonl`); a line cut
   short by a killed run is dropped when the folder is opened again (:func:`repair_tail`);
 - other files written atomically (:func:`write_atomic`, :func:`write_json`): a reader sees the old
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -45,6 +49,8 @@ __all__ = [
     "read_config",
     "read_jsonl",
     "repair_tail",
+    "shard_base",
+    "shard_name",
     "write_atomic",
     "write_json",
 ]
@@ -57,6 +63,26 @@ RUN_FILES: frozenset[str] = frozenset(
     {CONFIG_FILE, LOCK_FILE, "results.jsonl", "predictions.jsonl", "skipped.jsonl", "log.json"}
 )
 """Files a run folder's own command writes; no other command writes onto them."""
+
+
+_RANK_NAME = re.compile(r"^(?P<stem>.+)\.rank-(?P<rank>[1-9][0-9]*)(?P<suffix>\.[^.]+)$")
+
+
+def shard_name(name: str, rank: int) -> str:
+    """The file rank `rank` of a sharded run writes for the run file `name`: `name` itself for
+    rank 0, `results.rank-2.jsonl` for `results.jsonl` and rank 2."""
+    if rank == 0:
+        return name
+    path = Path(name)
+    return f"{path.stem}.rank-{rank}{path.suffix}"
+
+
+def shard_base(name: str) -> tuple[str, int]:
+    """(run file, rank) of a file name written by one rank: the inverse of :func:`shard_name`."""
+    match = _RANK_NAME.match(name)
+    if match is None:
+        return name, 0
+    return match["stem"] + match["suffix"], int(match["rank"])
 
 
 class ConfigMismatchError(ValueError):
@@ -90,7 +116,7 @@ def check_writable_target(target: str | Path, option: str = "--out") -> Path:
     path = Path(target)
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; give a file name")
-    if path.name in RUN_FILES and (path.parent / CONFIG_FILE).is_file():
+    if shard_base(path.name)[0] in RUN_FILES and (path.parent / CONFIG_FILE).is_file():
         raise ValueError(
             f"{option} {path} is a file of the run in {path.parent}; writing there would replace it. "
             "Choose another file name"
@@ -201,7 +227,7 @@ def _check_config(folder: Path, command: str, config: Mapping[str, Any]) -> None
     wanted = {"command": command, **config}
     saved = read_config(folder)
     if not saved:
-        if any(child.name in RUN_FILES - {LOCK_FILE} for child in folder.iterdir()):
+        if any(shard_base(child.name)[0] in RUN_FILES - {LOCK_FILE} for child in folder.iterdir()):
             raise ConfigMismatchError(
                 f"{folder} holds results without a {CONFIG_FILE}; use a new output folder"
             )
@@ -226,14 +252,17 @@ def _check_config(folder: Path, command: str, config: Mapping[str, Any]) -> None
 
 
 @contextmanager
-def open_run(folder: str | Path, command: str, config: Mapping[str, Any]) -> Iterator[Path]:
+def open_run(folder: str | Path, command: str, config: Mapping[str, Any], rank: int = 0) -> Iterator[Path]:
     """Create or resume the run folder of ``command``: lock it, check or write its config.
 
-    Yields the folder. ``RunLockedError`` when another process holds it; ``ConfigMismatchError``
-    when it holds another command's results or other settings; ValueError when it is a file.
+    Yields the folder. ``rank``: the process's rank in a sharded run, which holds its own lock
+    (:func:`shard_name`); rank 0 holds the lock a one-process run holds, so two launches on one
+    folder never write at once. ``RunLockedError`` when another process holds it;
+    ``ConfigMismatchError`` when it holds another command's results or other settings; ValueError
+    when it is a file.
     """
     root = ensure_folder(folder)
-    lock = FileLock(root / LOCK_FILE, timeout=0, mode=_file_mode())
+    lock = FileLock(root / shard_name(LOCK_FILE, rank), timeout=0, mode=_file_mode())
     try:
         lock.acquire()
     except Timeout:

@@ -12,7 +12,8 @@ from typing import Any, Literal
 from vistrace.data.metrics import McRule, ScoreRules, VqaRule, metric_for, vqa_all_agree
 from vistrace.data.metrics_text_rich import fgtracer_chartqa_kept, fgtracer_textvqa_kept
 from vistrace.data.paper_rules import PAPER_DATASETS, paper_docvqa_kept, paper_visual7w_kept, paper_vqa_kept
-from vistrace.runs.folder import iter_jsonl, read_config
+from vistrace.runs.folder import read_config
+from vistrace.runs.shard import read_union, shard_paths
 
 __all__ = [
     "NO_CATEGORY",
@@ -195,24 +196,27 @@ def record_problem(record: Mapping[str, Any]) -> str | None:
 
 
 def load_predictions(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The prediction records (one per id, the first kept) and the run's config.
+    """The prediction records (one per id, the first kept), in input order over every shard of a
+    sharded run (:func:`vistrace.runs.shard.read_union`), and the run's config.
 
     A line that is not a JSON object, or a record with a missing or mistyped field
     (:func:`record_problem`), is skipped with a warning naming the file, line and id."""
-    predictions = run_dir / PREDICTIONS_FILE
-    if not predictions.is_file():
+    shards = shard_paths(run_dir, PREDICTIONS_FILE)
+    if not shards:
         raise FileNotFoundError(f"{run_dir}: no {PREDICTIONS_FILE}; run the evaluation first")
     by_id: dict[str, dict[str, Any]] = {}
-    first_line: dict[str, int] = {}
-    for number, record in iter_jsonl(predictions):
+    first_line: dict[str, tuple[Path, int]] = {}
+    for path, number, record in read_union(run_dir, PREDICTIONS_FILE):
         problem = record_problem(record)
         if problem is None and str(record["id"]) in first_line:
-            problem = f"duplicate id, also on line {first_line[str(record['id'])]}; the first is kept"
+            first_path, first_number = first_line[str(record["id"])]
+            where = f"line {first_number}" if first_path == path else f"{first_path} line {first_number}"
+            problem = f"duplicate id, also on {where}; the first is kept"
         if problem is not None:
-            logger.warning("%s: line %d (id %s) skipped: %s", predictions, number, record.get("id"), problem)
+            logger.warning("%s: line %d (id %s) skipped: %s", path, number, record.get("id"), problem)
             continue
         by_id[str(record["id"])] = record
-        first_line[str(record["id"])] = number
+        first_line[str(record["id"])] = (path, number)
     return list(by_id.values()), read_config(run_dir)
 
 

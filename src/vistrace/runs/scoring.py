@@ -21,7 +21,7 @@ from vistrace.runs.build import (
     build_analysis_set,
     summary_path,
 )
-from vistrace.runs.folder import read_jsonl, write_json
+from vistrace.runs.folder import write_json
 from vistrace.runs.predictions import (
     NO_CATEGORY,
     SKIPPED_FILE,
@@ -35,6 +35,7 @@ from vistrace.runs.predictions import (
     run_dataset,
     score_record,
 )
+from vistrace.runs.shard import read_union
 
 __all__ = [
     "NO_CATEGORY",
@@ -148,7 +149,7 @@ def score_run(
         "mc_rule": mc_rule
     }
     table = ScoreTable(
-        run, dataset, metric, settings, overall, categories, unscored, len(read_jsonl(run / SKIPPED_FILE))
+        run, dataset, metric, settings, overall, categories, unscored, len(read_union(run, SKIPPED_FILE))
     )
     write_json(run / "scores.json", table.to_dict())
     with (run / "scores.csv").open("w", encoding="utf-8", newline="") as handle:

@@ -7,7 +7,7 @@ partial last line; opening the file again drops it, so a re-run neither loses no
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,10 @@ class JsonlStore:
 
     def key_of(self, record: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(json.dumps(record.get(field), sort_keys=True) for field in self.key_fields)
+
+    def remember(self, records: Iterable[dict[str, Any]]) -> None:
+        """Count `records`, written elsewhere (another rank's file), as done."""
+        self._keys.update(self.key_of(record) for record in records)
 
     def done(self, record_key: dict[str, Any]) -> bool:
         return self.key_of(record_key) in self._keys

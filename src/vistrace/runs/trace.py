@@ -33,13 +33,15 @@ from vistrace.runs.config import TraceConfig, check_trace_options
 from vistrace.runs.export import (
     EXPORT_FIELDS,
     LAYER_PROBS_FILE,
+    RESULT_KEY,
+    RESULTS_FILE,
     export_results,
     read_results,
     record_scores,
     result_problem,
 )
 from vistrace.runs.folder import open_run
-from vistrace.runs.store import JsonlStore
+from vistrace.runs.shard import POSITION, Shard, launched_shard, open_store, read_union
 
 __all__ = [
     "EXPORT_FIELDS",
@@ -59,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESULT_KEY = ("id", "pathway", "k", "mode", "temperature", "model")
+SKIPPED_FILE = "skipped.jsonl"
 
 
 class SampleError(ValueError):
@@ -183,24 +185,29 @@ def _versions() -> dict[str, str]:
     }
 
 
-def run_trace(loaded: LoadedModel, config: TraceConfig) -> TraceSummary:
+def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = None) -> TraceSummary:
     """Run the sweep of `config` for every sample of its data file; results go to
     `out/results.jsonl`, failures to `out/skipped.jsonl`. Finished (sample, pathway, k) records are
     not redone. A relative `image` is resolved against `config.images`, else the data file's folder.
 
     The run folder (:func:`vistrace.runs.folder.open_run`) records the model, dtype, mode,
     temperature and data file in `config.json` (:meth:`TraceConfig.run_settings`); a resume with
-    other ones is refused, as is a second process."""
+    other ones is refused, as is a second process. `shard`: this process's share of a sharded run
+    (:mod:`vistrace.runs.shard`; default: the launcher's, one process when none). The summary's
+    counts are over every process."""
+    shard = launched_shard(cpu=loaded.device.type == "cpu") if shard is None else shard
     parsed = config.parsed_pathways
     runner = KnockoutRunner(loaded, mode=config.mode, temperature=config.temperature)
     rows = _load_samples(config.data)[: config.limit if config.limit is not None else None]
     model_name = str(loaded.path)
     counts = {"traced": 0, "resumed": 0, "skipped": 0}
-    with open_run(config.out, "trace", config.run_settings(loaded)) as out:
-        results = JsonlStore(out / "results.jsonl", RESULT_KEY)
-        skipped_store = JsonlStore(out / "skipped.jsonl", ("id", "reason"))
-        layer_store = JsonlStore(out / LAYER_PROBS_FILE, ("id",)) if config.layer_probs else None
-        for number, sample, error in tqdm(rows, desc=f"trace {config.mode}", unit="sample"):
+    with open_run(config.out, "trace", config.run_settings(loaded), rank=shard.rank) as out:
+        results = open_store(out, RESULTS_FILE, RESULT_KEY, shard)
+        skipped_store = open_store(out, SKIPPED_FILE, ("id", "reason"), shard)
+        layer_store = open_store(out, LAYER_PROBS_FILE, ("id",), shard) if config.layer_probs else None
+        mine = [(position, row) for position, row in enumerate(rows) if shard.owns(position)]
+        bar = tqdm(mine, desc=f"trace {config.mode}{shard.label}", unit="sample", position=shard.rank)
+        for position, (number, sample, error) in bar:
             sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
             keys = [
                 {
@@ -222,14 +229,18 @@ def run_trace(loaded: LoadedModel, config: TraceConfig) -> TraceSummary:
                     raise SampleError(error or "empty record")
                 records, layer_probs = _trace_sample(loaded, runner, sample, sample_id, config, parsed)
                 if layer_store is not None and layer_probs is not None:  # before the results it goes with
-                    layer_store.append([{"id": sample_id, "layer_probs": layer_probs}])
-                results.append(records)
+                    layer_store.append([{"id": sample_id, POSITION: position, "layer_probs": layer_probs}])
+                results.append([{**record, POSITION: position} for record in records])
                 counts["traced"] += 1
             except SampleError as problem:
                 log.warning("%s: line %d, sample %s skipped: %s", config.data, number, sample_id, problem)
-                skipped_store.append([{"id": sample_id, "line": number, "reason": str(problem)}])
+                skipped_store.append(
+                    [{"id": sample_id, "line": number, POSITION: position, "reason": str(problem)}]
+                )
                 counts["skipped"] += 1
-        total = len(results)
+        shard.wait()
+        counts = shard.total(counts)
+        total = len(read_union(out, RESULTS_FILE, key=results.key_of))
     return TraceSummary(
         len(rows), counts["traced"], counts["resumed"], counts["skipped"], total, Path(config.out)
     )
