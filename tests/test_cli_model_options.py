@@ -200,3 +200,33 @@ def test_load_auto_is_float32_on_the_cpu(tiny_dirs: dict[str, Path]) -> None:
     model = vistrace.load(tiny_dirs["llava"], dtype="auto", device="cpu")
     assert model.model.dtype == torch.float32 and model.loaded.device.type == "cpu"
     assert loading.load(tiny_dirs["mllama"]).model.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [
+        (
+            {"model_type": "internvl_chat", "architectures": ["InternVLChatModel"]},
+            "this InternVL checkpoint needs remote code (InternVLChatModel); vistrace reads the transformers "
+            "conversion, the '-hf' checkpoints (e.g. OpenGVLab/InternVL3-1B-hf)",
+        ),
+        (
+            {"model_type": "my_remote_vlm", "architectures": ["MyRemoteVLM"]},
+            "model type 'my_remote_vlm' needs the checkpoint's own code (trust_remote_code), which vistrace "
+            "does not run; use a version of the checkpoint that transformers reads natively",
+        ),
+    ],
+)
+def test_a_checkpoint_that_needs_remote_code_is_refused_in_one_line(
+    config: dict[str, Any], line: str, tmp_path: Path
+) -> None:
+    auto_map = {"AutoConfig": "configuration.RemoteConfig", "AutoModel": "modeling.RemoteModel"}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "auto_map": auto_map}))
+    (tmp_path / "modeling.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(loading.UnsupportedModelError) as refused:
+        loading.load(tmp_path)
+    assert str(refused.value) == f"{tmp_path}: {line}"
+    result = CliRunner().invoke(app, ["check", "--model", str(tmp_path)], input="y\n")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"Error: {tmp_path}: {line}"
+    assert "custom code" not in result.output, "transformers' prompt to run the code was shown"

@@ -6,11 +6,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from vistrace.adapters import Adapter, get_adapter
+from vistrace.adapters import Adapter, UnsupportedModelError, get_adapter, supported_model_types
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -147,6 +148,32 @@ def choose_dtype(
     return checkpoint_dtype(directory) or torch.float32
 
 
+def remote_code_problem(directory: Path) -> str | None:
+    """Why the checkpoint in `directory` is not loaded when its config names code of its own
+    (`auto_map`) for a model type transformers does not know: vistrace never runs a checkpoint's own
+    code (`trust_remote_code`). The family's adapter words the line when it knows the model type
+    (InternVL's points to the `-hf` conversion); None when transformers reads the checkpoint."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # transformers' own reader says what is wrong
+    if not isinstance(raw, dict) or not raw.get("auto_map"):
+        return None
+    model_type = str(raw.get("model_type", ""))
+    if model_type in CONFIG_MAPPING_NAMES:
+        return None
+    if model_type in supported_model_types():
+        problem = get_adapter(model_type).structure_error(SimpleNamespace(**raw))
+        if problem is not None:
+            return f"{directory}: {problem}"
+    return (
+        f"{directory}: model type {model_type!r} needs the checkpoint's own code (trust_remote_code), "
+        "which vistrace does not run; use a version of the checkpoint that transformers reads natively"
+    )
+
+
 def load(
     path: str | Path,
     *,
@@ -186,6 +213,9 @@ def load(
     else:
         from transformers import AutoConfig
 
+        problem = remote_code_problem(directory)
+        if problem is not None:
+            raise UnsupportedModelError(problem)
         # The adapter first: an unsupported family is refused before any weight is read.
         adapter = get_adapter(AutoConfig.from_pretrained(directory))
         auto_model, _ = auto_classes()
