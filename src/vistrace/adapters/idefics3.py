@@ -36,10 +36,20 @@ Language model
     1-D positions, causal attention, logits `lm_head(norm(h))`. The processor's other inputs
     (`pixel_values` (1, frames, 3, M, M), `pixel_attention_mask` (1, frames, M, M)) are per image,
     not per token.
+
+SmolVLM
+    `modeling_smolvlm.py` and `image_processing_*_smolvlm.py` are generated from Idefics3's (same
+    connector, same scatter of one feature per `<image>` position, same resize and split; SmolVLM
+    checkpoints use scale factor 4 with 16-px patches on 512-px squares) and `SmolVLMProcessor` builds
+    the same frames (`processing_smolvlm.get_image_prompt_string`). Its processor also needs
+    torchvision and num2words, for videos only: without them it loads for images only.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +63,8 @@ from vistrace.adapters.base import (
     grid_frames,
     prepare_expanded,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def split_grid(image_processor: Any, image_size: tuple[int, int]) -> tuple[int, int, int]:
@@ -121,10 +133,70 @@ class Idefics3Adapter(InlineAdapter):
         return frame_geometry(rows, cols, side, patch, int(model.config.scale_factor), image_size)
 
 
+@functools.cache
+def smolvlm_image_only_processor_class() -> type[Any]:
+    """`SmolVLMProcessor` for images only: image processor + tokenizer, no video processor.
+
+    SmolVLM's own processor needs torchvision (its video processor) and num2words (the words of its
+    video prompts: "one frame, two frames …") even for an image. This subclass keeps every image path of
+    `SmolVLMProcessor` (input layout, checks, `replace_image_token`) and sets in `__init__` the
+    attributes SmolVLM's sets, without the video processor; its chat template is rendered as any
+    processor's (SmolVLM's override only adds video defaults). It keeps the class name, so
+    `save_pretrained` records `SmolVLMProcessor` and `AutoProcessor` loads the full processor where
+    both packages are installed."""
+    from transformers import SmolVLMProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnly(SmolVLMProcessor):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return ["image_processor", "tokenizer"]
+
+        def __init__(
+            self,
+            image_processor: Any,
+            tokenizer: Any,
+            image_seq_len: int = 169,
+            chat_template: str | None = None,
+            **kwargs: Any,
+        ) -> None:
+            self.fake_image_token = getattr(tokenizer, "fake_image_token", "<fake_token_around_image>")
+            self.image_token = getattr(tokenizer, "image_token", "<image>")
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.end_of_utterance_token = getattr(tokenizer, "end_of_utterance_token", "<end_of_utterance>")
+            self.global_image_token = getattr(tokenizer, "global_image_token", "<global-img>")
+            self.image_seq_len = image_seq_len
+            self.video_token = getattr(tokenizer, "video_token", "<video>")
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+        def apply_chat_template(  # type: ignore[override]
+            self, conversation: Any, chat_template: str | None = None, **kwargs: Any
+        ) -> Any:
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = "SmolVLMProcessor"
+    ImageOnly.__doc__ = "SmolVLMProcessor for images only (no video processor, no num2words)."
+    return ImageOnly
+
+
 class SmolVLMAdapter(Idefics3Adapter):
-    """SmolVLM: Idefics3's frames, processor and connector (its processor adds videos, not handled)."""
+    """SmolVLM: Idefics3's frames, connector and prompt expansion; its processor loads for images only
+    where torchvision or num2words is missing (`smolvlm_image_only_processor_class`)."""
 
     model_type = "smolvlm"
+
+    def load_processor(self, path: str | Path) -> Any:
+        """`AutoProcessor` where torchvision and num2words are installed, else SmolVLM's processor for
+        images only (logged in one line)."""
+        from transformers.utils import is_num2words_available, is_torchvision_available
+
+        if is_torchvision_available() and is_num2words_available():
+            return super().load_processor(path)
+        logger.warning(
+            "torchvision or num2words is not installed: SmolVLMProcessor loaded for images only "
+            "(video inputs need both)"
+        )
+        return smolvlm_image_only_processor_class().from_pretrained(path)
 
 
 IDEFICS3_ADAPTERS: tuple[Idefics3Adapter, ...] = (Idefics3Adapter(), SmolVLMAdapter())
@@ -134,5 +206,6 @@ __all__ = [
     "Idefics3Adapter",
     "SmolVLMAdapter",
     "frame_geometry",
+    "smolvlm_image_only_processor_class",
     "split_grid",
 ]

@@ -43,8 +43,8 @@ def tiny(
     family: Annotated[
         str,
         typer.Argument(
-            help="llava, mllama, qwen2_vl, qwen2_5_vl, qwen3_vl, llava_next, llava_onevision, idefics3 "
-            "or internvl"
+            help="llava, mllama, qwen2_vl, qwen2_5_vl, qwen3_vl, llava_next, llava_onevision, internvl, "
+            "idefics3, gemma3 or smolvlm"
         ),
     ],
     out: Annotated[

@@ -40,6 +40,7 @@ from vistrace.models.tiny_idefics3 import write_tiny_idefics3
 from vistrace.models.tiny_internvl import write_tiny_internvl
 from vistrace.models.tiny_llava_next import write_tiny_llava_next, write_tiny_llava_onevision
 from vistrace.models.tiny_qwen import QWEN_FAMILIES, write_tiny_qwen
+from vistrace.models.tiny_smolvlm import write_tiny_smolvlm
 from vistrace.models.tokenizer_build import (
     LLAMA3_VISION_TEMPLATE,
     VICUNA_V1_TEMPLATE,
@@ -57,6 +58,7 @@ Family = Literal[
     "idefics3",
     "internvl",
     "gemma3",
+    "smolvlm",
 ]
 # Families whose tiny checkpoints every family-parametrized test runs on (the seam, knockout, capture,
 # lens, compat and `vistrace check` tests), on the newest and the oldest supported transformers.
@@ -72,6 +74,8 @@ FAMILIES: tuple[Family, ...] = (
     "idefics3",
     "gemma3",
 )
+# Every family `write_tiny` writes: SmolVLM shares Idefics3's adapter and is tested in its own file.
+TINY_FAMILIES: tuple[Family, ...] = (*FAMILIES, "smolvlm")
 
 
 def llava_config(
@@ -252,4 +256,6 @@ def write_tiny(family: Family, out_dir: str | Path, *, seed: int = 0) -> Path:
         return write_tiny_internvl(out_dir, seed=seed)
     if family == "gemma3":
         return write_tiny_gemma3(out_dir, seed=seed)
-    raise ValueError(f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(FAMILIES)}")
+    if family == "smolvlm":
+        return write_tiny_smolvlm(out_dir, seed=seed)
+    raise ValueError(f"unknown family {family!r}; tiny checkpoints exist for: {', '.join(TINY_FAMILIES)}")
