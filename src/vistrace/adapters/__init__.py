@@ -10,6 +10,7 @@ from vistrace.adapters.base import (
     Adapter,
     Geometry,
     Grid,
+    InlineAdapter,
     PreparedPrompt,
     UnsupportedModelError,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "Adapter",
     "Geometry",
     "Grid",
+    "InlineAdapter",
     "LlavaAdapter",
     "MllamaAdapter",
     "PreparedPrompt",
