@@ -110,7 +110,7 @@ class _State:
 
     num_processes, process_index, distributed_type = 1, 0, "NO"
 
-    def __init__(self, cpu: bool = False) -> None:
+    def __init__(self, cpu: bool = False, **kwargs: Any) -> None:
         self.cpu = cpu
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -27,6 +28,7 @@ from vistrace.cli import app
 from vistrace.demo.world import make_split
 from vistrace.demo.writers import write_vqav2
 from vistrace.runs.attend_io import ATTENTION_FILE, read_log
+from vistrace.runs.folder import LOCK_FILE
 from vistrace.runs.predictions import load_predictions
 from vistrace.runs.shard import read_union
 
@@ -266,3 +268,27 @@ def test_sharded_attend_equals_one_process(tiny_dirs: dict[str, Path], tmp_path:
             assert got["tensors"][name].keys() == tensors.keys()
             for key, tensor in tensors.items():
                 assert got["tensors"][name][key].equal(tensor), f"{run.name}: {name} {key}"
+
+
+def test_a_second_launch_on_a_busy_folder_writes_nothing(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Rank 0 of every launch takes the lock of a one-process run; the other ranks wait for it
+    before reading or writing, so a launch on a folder in use stops before any rank writes."""
+    data = _trace_data(tmp_path / "data", samples=4)
+    run = tmp_path / "run"
+    args = ("trace", "--model", str(tiny_dirs[FAMILY]), "--data", str(data), "--out", str(run), "--k", "3")
+    _one_process(*args, "--limit", "1")
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with FileLock(run / LOCK_FILE, timeout=0):
+        done = subprocess.run(
+            _launch_command(2, args),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert done.returncode != 0
+    assert "another vistrace process is writing this run folder" in done.stderr, done.stderr[-6000:]
+    after = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert {name: data for name, data in after.items() if not name.endswith(".lock")} == {
+        name: data for name, data in before.items() if not name.endswith(".lock")
+    }

@@ -31,8 +31,8 @@ from vistrace.plots.flow import FlowOptions, change_percent, plot_flow
 from vistrace.runs.attend import run_volcano
 from vistrace.runs.attend_io import instance_dir, load_stages, read_log
 from vistrace.runs.evaluate import evaluate, read_jsonl
+from vistrace.runs.export import read_results
 from vistrace.runs.scoring import build_analysis_set, is_correct, score_run
-from vistrace.runs.store import read_records
 from vistrace.runs.trace import trace
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ Changes = dict[int, dict[str, list[np.ndarray]]]
 def changes_by_k(run_dir: Path, min_p_full: float = 0.5) -> Changes:
     """Per k and pathway, the (L,) change curves of the samples with ``p_full >= min_p_full``."""
     changes: Changes = defaultdict(lambda: defaultdict(list))
-    for record in read_records(run_dir / "results.jsonl"):
+    for record in read_results(run_dir):
         if record["p_full"] >= min_p_full:
             changes[record["k"]][record["pathway"]].append(
                 change_percent(record["p_full"], record["probs"], clip_increases=False)

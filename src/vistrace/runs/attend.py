@@ -124,6 +124,7 @@ def run_attend(
     settings = config.run_settings(loaded)
     shard = launched_shard(cpu=loaded.device.type == "cpu") if shard is None else shard
     with open_run(config.out, "attend", settings, rank=shard.rank) as run_dir:
+        shard.wait()  # every rank holds its lock before any of them reads or writes
         _run_instances(loaded, list(instances), run_dir, settings, config, shard)
         shard.wait()
         if shard.world > 1 and shard.rank == 0:

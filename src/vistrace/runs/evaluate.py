@@ -115,6 +115,7 @@ def run_eval(
     read = config.read() if read is None else read
     shard = launched_shard(cpu=loaded.device.type == "cpu") if shard is None else shard
     with open_run(config.out, "eval", config.run_settings(loaded), rank=shard.rank) as out:
+        shard.wait()  # every rank holds its lock before any of them reads or writes
         return _evaluate(loaded, read.examples, out, config, read.skipped, shard)
 
 

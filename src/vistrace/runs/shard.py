@@ -16,6 +16,7 @@ union of its shards, in input order and without duplicates: ``export``, ``score`
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Callable, Hashable
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+BARRIER_TIMEOUT = datetime.timedelta(days=7)
+"""How long a process waits for the others (at the start and the end of a sharded run)."""
 
 POSITION = "input_index"
 """Record field: the sample's 0-based position in the run's input, the order of a merged run."""
@@ -93,7 +97,9 @@ def launched_shard(cpu: bool) -> Shard:
     accelerate sees one (a launcher convention it does not know)."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu)
+    # A rank that finishes its share early waits for the others at the end; the default timeout of
+    # collective calls (30 minutes) would end a long, uneven sweep with an error.
+    state = PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
     world, rank = int(state.num_processes), int(state.process_index)
     launched = os.environ.get("WORLD_SIZE")
     if world == 1 and launched is not None and launched.isdigit() and int(launched) > 1:

@@ -202,6 +202,7 @@ def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = No
     model_name = str(loaded.path)
     counts = {"traced": 0, "resumed": 0, "skipped": 0}
     with open_run(config.out, "trace", config.run_settings(loaded), rank=shard.rank) as out:
+        shard.wait()  # every rank holds its lock before any of them reads or writes
         results = open_store(out, RESULTS_FILE, RESULT_KEY, shard)
         skipped_store = open_store(out, SKIPPED_FILE, ("id", "reason"), shard)
         layer_store = open_store(out, LAYER_PROBS_FILE, ("id",), shard) if config.layer_probs else None
