@@ -230,3 +230,33 @@ def test_a_checkpoint_that_needs_remote_code_is_refused_in_one_line(
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == f"Error: {tmp_path}: {line}"
     assert "custom code" not in result.output, "transformers' prompt to run the code was shown"
+
+
+def test_device_map_with_several_processes_is_refused_before_loading(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from vistrace.runs import shard
+
+    monkeypatch.setattr(shard, "launched_shard", lambda cpu: shard.Shard(rank=1, world=2))
+    monkeypatch.setattr(loading, "load", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"id": "a", "image": "a.png", "prompt": "What?", "answer": "no"}\n')
+    result = CliRunner().invoke(
+        app,
+        [
+            "trace",
+            "--model",
+            "tiny:llava",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--device-map",
+            "auto",
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: --device-map with 2 processes would place every process's model over the same devices; "
+        "run one process with --device-map, or several without it"
+    )
