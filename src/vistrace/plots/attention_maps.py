@@ -28,7 +28,11 @@ def feature_raster(
 ) -> np.ndarray:
     """(H, W) float map over the image: each pixel whose centre lies in a feature's box takes that
     feature's value; NaN where no feature covers it. `values`: (N,). `size`: (W, H) of the output,
-    default the original image size; boxes are scaled to it."""
+    default the original image size; boxes are scaled to it.
+
+    Where boxes of several views overlap (a global image or a thumbnail under its tiles, LLaVA-NeXT's
+    base image under its high-resolution grid, Gemma 3's whole image under its crops) the smaller box
+    is drawn over the larger: the map shows the finest view, the bare grid (`grid_canvas`) every view."""
     vector = np.asarray(values, dtype=float).reshape(-1)
     if vector.shape[0] != geometry.num_features:
         raise ValueError(f"{vector.shape[0]} values for {geometry.num_features} image features")
@@ -36,7 +40,10 @@ def feature_raster(
     out_w, out_h = size or (width, height)
     scale_x, scale_y = out_w / width, out_h / height
     raster = np.full((out_h, out_w), np.nan)
-    for index in np.flatnonzero(np.isfinite(geometry.boxes).all(axis=1)):
+    drawn = np.flatnonzero(np.isfinite(geometry.boxes).all(axis=1))
+    boxes = geometry.boxes[drawn]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for index in drawn[np.argsort(-areas, kind="stable")]:
         x0, y0, x1, y1 = geometry.boxes[index]
         c0, c1 = math.ceil(x0 * scale_x - 0.5), math.ceil(x1 * scale_x - 0.5)
         r0, r1 = math.ceil(y0 * scale_y - 0.5), math.ceil(y1 * scale_y - 0.5)
@@ -49,40 +56,72 @@ def normalized_raster(values: np.ndarray | torch.Tensor, geometry: Geometry) -> 
     return feature_raster(values, geometry, (NORMALIZED_SIZE, NORMALIZED_SIZE))
 
 
-def _tile_positions(geometry: Geometry) -> list[tuple[int, int]]:
-    xs = sorted({round(grid.box[0], 3) for grid in geometry.grids})
-    ys = sorted({round(grid.box[1], 3) for grid in geometry.grids})
-    return [(ys.index(round(g.box[1], 3)), xs.index(round(g.box[0], 3))) for g in geometry.grids]
+def _contains(outer: tuple[float, ...], inner: tuple[float, ...]) -> bool:
+    tolerance = 1e-6
+    return (
+        outer[0] <= inner[0] + tolerance
+        and outer[1] <= inner[1] + tolerance
+        and outer[2] >= inner[2] - tolerance
+        and outer[3] >= inner[3] - tolerance
+    )
+
+
+def _placements(geometry: Geometry) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """(top, left) cell of every grid on the bare canvas, and the canvas (rows, cols).
+
+    Tiles sit as on the model's canvas (by their boxes' corners), each in a `rows` × `cols` slot
+    (the largest grid's). A view whose box holds another grid's (a global image, a thumbnail, Gemma
+    3's whole image beside its crops) is no tile: such views follow to the right, in order, one empty
+    column apart."""
+    grids = geometry.grids
+    if not grids:
+        return [], (0, 0)
+    overview = [
+        any(other is not grid and other.box != grid.box and _contains(grid.box, other.box) for other in grids)
+        for grid in grids
+    ]
+    tiles = [grid for grid, is_overview in zip(grids, overview, strict=True) if not is_overview]
+    rows = max(grid.rows for grid in grids)
+    cols = max(grid.cols for grid in grids)
+    xs = sorted({round(grid.box[0], 3) for grid in tiles})
+    ys = sorted({round(grid.box[1], 3) for grid in tiles})
+    across = len(xs) * cols
+    placements = []
+    for grid, is_overview in zip(grids, overview, strict=True):
+        if is_overview:
+            placements.append((0, across + 1))
+            across += 1 + grid.cols
+        else:
+            placements.append(
+                (ys.index(round(grid.box[1], 3)) * rows, xs.index(round(grid.box[0], 3)) * cols)
+            )
+    return placements, (max(len(ys) * rows, rows), across)
 
 
 def grid_canvas(values: np.ndarray | torch.Tensor, geometry: Geometry) -> np.ndarray:
-    """The bare map: each tile's patch grid (rows, cols), tiles placed as on the model's canvas.
+    """The bare map: each tile's patch grid (rows, cols), tiles placed as on the model's canvas, then
+    any view that holds the tiles (a global image, a thumbnail) to their right, one empty column apart.
 
-    `values`: (N,). Returns (tiles_down · rows, tiles_across · cols) with NaN where no tile is; CLS
-    and other non-patch features are not drawn. LLaVA-1.5 gives its 24×24 grid."""
+    `values`: (N,). Returns the canvas with NaN where no grid is; CLS and other non-patch features are
+    not drawn. LLaVA-1.5 gives its 24×24 grid."""
     vector = np.asarray(values, dtype=float).reshape(-1)
     if not geometry.grids:
         raise ValueError("the geometry has no patch grid")
-    positions = _tile_positions(geometry)
-    rows = max(grid.rows for grid in geometry.grids)
-    cols = max(grid.cols for grid in geometry.grids)
-    down = 1 + max(p[0] for p in positions)
-    across = 1 + max(p[1] for p in positions)
-    canvas = np.full((down * rows, across * cols), np.nan)
-    for grid, (tile_row, tile_col) in zip(geometry.grids, positions, strict=True):
+    placements, shape = _placements(geometry)
+    canvas = np.full(shape, np.nan)
+    for grid, (top, left) in zip(geometry.grids, placements, strict=True):
         block = vector[grid.first : grid.first + grid.rows * grid.cols].reshape(grid.rows, grid.cols)
-        top, left = tile_row * rows, tile_col * cols
         canvas[top : top + grid.rows, left : left + grid.cols] = block
     return canvas
 
 
 def layout_key(geometry: Geometry) -> tuple[object, ...]:
     """Equal for geometries whose feature i sits at the same place of the same bare grid."""
+    placements, shape = _placements(geometry)
     grids = tuple(
-        (g.first, g.rows, g.cols, position)
-        for g, position in zip(geometry.grids, _tile_positions(geometry), strict=True)
+        (g.first, g.rows, g.cols, position) for g, position in zip(geometry.grids, placements, strict=True)
     )
-    return geometry.num_features, grids
+    return geometry.num_features, shape, grids
 
 
 def strip_mark(token: str) -> str:
