@@ -10,7 +10,7 @@ import pytest
 from vistrace.adapters.gemma3 import Gemma3Adapter
 from vistrace.adapters.idefics3 import frame_geometry
 from vistrace.models.loading import LoadedModel
-from vistrace.plots.attention_maps import feature_raster, grid_canvas, layout_key
+from vistrace.plots.attention_maps import draw_order, feature_raster, grid_canvas, layout_key
 
 pytestmark = [pytest.mark.unit]
 
@@ -33,6 +33,13 @@ def test_squares_are_drawn_over_the_global_image() -> None:
     assert np.isfinite(raster).all()
     # The global image's features lie under the squares: none of them is visible over the image.
     assert not (feature_raster(_one_hot(45, 36 + 4), geometry) == 1.0).any()
+
+
+def test_the_draw_order_puts_the_global_image_first() -> None:
+    # The order the HTML report draws boxes in (`geometries[…].order`), the same as feature_raster's.
+    order = draw_order(frame_geometry(2, 2, 42, 7, 2, SIZE)).tolist()
+    assert sorted(order) == list(range(45))
+    assert set(order[:9]) == set(range(36, 45)), "a square is drawn before a feature of the global image"
 
 
 def test_the_bare_grid_keeps_every_square_and_puts_the_global_image_beside_them() -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from vistrace.capture.generate import StageCapture
 from vistrace.capture.pooling import pool_tokens
 from vistrace.cli import app
-from vistrace.plots.attention_maps import normalized_raster, stage_map
+from vistrace.plots.attention_maps import draw_order, normalized_raster, stage_map
 from vistrace.report import POOLS, detect_kind, write_report
 from vistrace.report.attend import _figure5_stages, layer_groups, map_sets, stage_maps, stored_sets
 from vistrace.report.encode import (
@@ -202,6 +202,7 @@ def test_token_maps_match_pooling(report: Path, runs: dict[str, Path]) -> None:
             for name, stage in instance["stages"].items():
                 geometry = run["geometries"][stage["geometry"]]
                 assert len(geometry["boxes"]) == 4 * stages[name].geometry.num_features
+                assert geometry["order"] == draw_order(stages[name].geometry).tolist()
                 assert len(stage["pieces"]) == stages[name].num_tokens
                 labels = [label for label, _ in layer_groups(stages[name].layers, 3)]
                 assert stage["maps"]["groups"] == ["all", *labels]

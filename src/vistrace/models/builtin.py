@@ -17,14 +17,14 @@ def cache_dir() -> Path:
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A checkpoint directory for `model`: a path, `tiny:<family>` (any of `vistrace.models.tiny.FAMILIES`)
-    or `demo:llava|mllama`."""
+    """A checkpoint directory for `model`: a path, `tiny:<family>` (any of
+    `vistrace.models.tiny.TINY_FAMILIES`) or `demo:llava|mllama`."""
     if model.startswith("tiny:"):
-        from vistrace.models.tiny import FAMILIES, write_tiny
+        from vistrace.models.tiny import TINY_FAMILIES, write_tiny
 
         family = model.split(":", 1)[1]
-        if family not in FAMILIES:
-            raise ValueError(f"unknown tiny model {model!r}; choose tiny:{' or tiny:'.join(FAMILIES)}")
+        if family not in TINY_FAMILIES:
+            raise ValueError(f"unknown tiny model {model!r}; choose tiny:{' or tiny:'.join(TINY_FAMILIES)}")
         target = cache_dir() / "tiny" / family
         if not (target / "config.json").exists():
             write_tiny(family, target)

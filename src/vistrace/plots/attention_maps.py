@@ -23,6 +23,17 @@ LEADING_SPACE_MARKS = ("Ġ", "▁")
 NORMALIZED_SIZE = 96
 
 
+def draw_order(geometry: Geometry) -> np.ndarray:
+    """Indices of the features that have a box on the image, larger boxes first (ties in feature
+    order): drawn in this order, a smaller box lands over a larger one, so a map shows the finest
+    view where views overlap (tiles over a global image or thumbnail, a high-resolution grid over
+    its base image)."""
+    drawn = np.flatnonzero(np.isfinite(geometry.boxes).all(axis=1))
+    boxes = geometry.boxes[drawn]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return drawn[np.argsort(-areas, kind="stable")]
+
+
 def feature_raster(
     values: np.ndarray | torch.Tensor, geometry: Geometry, size: tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -40,10 +51,7 @@ def feature_raster(
     out_w, out_h = size or (width, height)
     scale_x, scale_y = out_w / width, out_h / height
     raster = np.full((out_h, out_w), np.nan)
-    drawn = np.flatnonzero(np.isfinite(geometry.boxes).all(axis=1))
-    boxes = geometry.boxes[drawn]
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    for index in drawn[np.argsort(-areas, kind="stable")]:
+    for index in draw_order(geometry):
         x0, y0, x1, y1 = geometry.boxes[index]
         c0, c1 = math.ceil(x0 * scale_x - 0.5), math.ceil(x1 * scale_x - 0.5)
         r0, r1 = math.ceil(y0 * scale_y - 0.5), math.ceil(y1 * scale_y - 0.5)

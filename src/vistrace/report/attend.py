@@ -16,7 +16,7 @@ import torch
 from vistrace.adapters.base import Geometry
 from vistrace.capture.generate import StageCapture
 from vistrace.capture.pooling import LAYER_HEAD_POOLS, pool_tokens, token_image_attention
-from vistrace.plots.attention_maps import NORMALIZED_SIZE, normalized_raster, strip_mark
+from vistrace.plots.attention_maps import NORMALIZED_SIZE, draw_order, normalized_raster, strip_mark
 from vistrace.runs.attend_io import load_preview, load_stages, read_log, read_record
 
 from .encode import MAP_BITS, image_data_uri, pack_maps, quantize_rows, rounded, unpack_maps
@@ -71,7 +71,11 @@ class _Geometries:
 
     def add(self, geometry: Geometry) -> int:
         boxes = [None if not np.isfinite(v) else round(float(v), 2) for v in geometry.boxes.reshape(-1)]
-        entry = {"size": [int(s) for s in geometry.image_size], "boxes": boxes}
+        entry = {
+            "size": [int(s) for s in geometry.image_size],
+            "boxes": boxes,
+            "order": [int(i) for i in draw_order(geometry)],
+        }
         key = json.dumps(entry)
         if key not in self._index:
             self._index[key] = len(self.items)

@@ -190,9 +190,8 @@ VT.attend = function (run, root) {
     for (var m = 0; m < n; m++) { top = Math.max(top, mean[m]); }
     var off = document.createElement('canvas'); off.width = canvas.width; off.height = canvas.height;
     var octx = off.getContext('2d'), f = canvas.width / geo.size[0], g = canvas.height / geo.size[1];
-    for (var k = 0; k < n; k++) {
-      var b = geo.boxes.slice(4 * k, 4 * k + 4);
-      if (b[0] === null || b[1] === null || b[2] === null || b[3] === null) { continue; }
+    for (var o = 0; o < geo.order.length; o++) {  // larger boxes first: the finest view shows
+      var k = geo.order[o], b = geo.boxes.slice(4 * k, 4 * k + 4);
       octx.fillStyle = 'rgb(' + VT.color(top > 0 ? mean[k] / top : 0).join(',') + ')';
       octx.fillRect(b[0] * f, b[1] * g, (b[2] - b[0]) * f, (b[3] - b[1]) * g);
     }
