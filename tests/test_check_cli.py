@@ -68,7 +68,10 @@ def _noisy_sdpa() -> Callable[..., Any]:
 
 
 def _plan_blind(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """A seam that hands every call to sdpa: no block is applied, nothing is captured."""
+    """A seam that hands every call to sdpa: no block is applied, nothing is captured (the call still
+    counts as reaching the seam, so the layers-reached check does not fire first)."""
+    for reached in seam.REACHED_LAYERS.get():
+        reached.add(int(module.layer_idx))
     output, _ = sdpa_attention_forward(module, *args, **kwargs)
     return output, None
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from vistrace import compat
 from vistrace.adapters import PreparedPrompt, traced
-from vistrace.hook import CaptureRecorder, Knockout, Plan
+from vistrace.hook import CaptureRecorder, Knockout, Plan, UnreachedLayersError
 from vistrace.hook.seam import SEAM_NAME, seam_attention
 from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway
 from vistrace.models.loading import LoadedModel
@@ -56,6 +56,13 @@ def run_contracts(loaded: LoadedModel) -> tuple[list[CheckResult], PreparedPromp
         names = ", ".join(sorted(prepared[0].inputs))
         return f"{names}; image token {adapter.image_token_id(model)}"
 
+    def layers_reached() -> str:
+        # A layer whose mixing bypasses the attention interface (linear attention) cannot be traced.
+        inputs = {k: v.to(loaded.device) for k, v in prepared[0].inputs.items()}
+        with torch.no_grad(), traced(model, Plan()):
+            model(**inputs)
+        return f"all {adapter.num_layers(model)} decoder layers"
+
     def output_cache() -> str:
         inputs = {k: v.to(loaded.device) for k, v in prepared[0].inputs.items()}
         with torch.no_grad(), traced(model, Plan()):
@@ -73,6 +80,7 @@ def run_contracts(loaded: LoadedModel) -> tuple[list[CheckResult], PreparedPromp
 
     probes: list[tuple[str, Callable[[], str]]] = [
         ("processor outputs", processor_outputs),
+        ("decoder layers reach the seam", layers_reached),
         ("model output cache and layout", output_cache),
         ("re-run of decoder layers", rerun),
     ]
@@ -85,6 +93,8 @@ def run_contracts(loaded: LoadedModel) -> tuple[list[CheckResult], PreparedPromp
             results.append(CheckResult(name, True, probe(), "contract"))
         except compat.TransformersContractError as error:
             results.append(CheckResult(name, False, _one_line(error), "contract", True))
+        except UnreachedLayersError as error:  # the model, not transformers: nothing else is traced
+            results.append(CheckResult(name, False, str(error), "contract", True))
         except Exception as error:  # e.g. a fault of the seam itself: the invariants below locate it
             results.append(CheckResult(name, False, _one_line(error), "contract"))
     results += [

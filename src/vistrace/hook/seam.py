@@ -7,6 +7,7 @@ layers it targets; a capture keeps the last query row's attention on the image k
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -17,6 +18,10 @@ from vistrace.roles import Role
 
 SEAM_NAME = "vistrace"
 sdpa_attention_forward, repeat_kv = sdpa_functions()
+
+REACHED_LAYERS: ContextVar[tuple[set[int], ...]] = ContextVar("vistrace_reached_layers", default=())
+"""The `layer_idx` sets of the traced blocks now open (`vistrace.hook.traced`): every call that
+reaches the seam adds its layer to each, so a block can tell which of the layers that ran did not."""
 
 
 def blocked_entries(
@@ -136,6 +141,9 @@ def seam_attention(
     """The registered attention function: (B, H, Q, D) queries → output (B, Q, H, D), weights or None."""
     plan = active_plan()
     layer = getattr(module, "layer_idx", None)
+    if layer is not None:
+        for reached in REACHED_LAYERS.get():
+            reached.add(int(layer))
     if plan is None or plan.is_empty or layer is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

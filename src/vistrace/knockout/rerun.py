@@ -27,6 +27,7 @@ import torch
 from vistrace import compat
 from vistrace.adapters import Adapter
 from vistrace.hook.plan import Knockout, Plan, PrefixAttention, use_plan
+from vistrace.hook.traced import require_reached
 from vistrace.knockout.attention import PrefixKV
 
 # Arguments a re-run passes itself (besides the cache, under the name the layer takes it).
@@ -106,6 +107,7 @@ def clean_pass(
     finally:
         for handle in handles:
             handle.remove()
+    require_reached()  # before reading the cache of a layer that bypassed the seam
     if len(hidden) != len(layers):
         raise RuntimeError(f"the clean pass ran {len(hidden)} of {len(layers)} decoder layers")
     compat.check_finisher(output.logits[:, -1], finish(last_output[-1]))
