@@ -71,7 +71,7 @@ def _plan_blind(module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tor
     """A seam that hands every call to sdpa: no block is applied, nothing is captured (the call still
     counts as reaching the seam, so the layers-reached check does not fire first)."""
     for reached in seam.REACHED_LAYERS.get():
-        reached.add(int(module.layer_idx))
+        reached.add(int(getattr(module, "layer_idx")))  # noqa: B009
     output, _ = sdpa_attention_forward(module, *args, **kwargs)
     return output, None
 
