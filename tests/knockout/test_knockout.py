@@ -7,7 +7,7 @@ import torch
 
 import vistrace.hook.seam as seam_module
 import vistrace.knockout.attention as rerun_attn
-import vistrace.knockout.sweep as knockout_module
+import vistrace.knockout.fast as knockout_fast
 from vistrace.adapters import traced
 from vistrace.hook import Knockout, Plan
 from vistrace.knockout.sweep import PAPER_PATHWAYS, KnockoutRunner, Pathway, window_layers
@@ -88,7 +88,7 @@ def test_fast_in_batches_of_one_window_equals_naive(
     runner = KnockoutRunner(loaded, mode=mode)  # type: ignore[arg-type]
     answer = [57, 88, 101]
     naive = runner.run(prepared, answer, PATHWAYS, 3, "naive")
-    monkeypatch.setattr(knockout_module, "_ROWS_PER_CALL_PER_TOKEN", 0)
+    monkeypatch.setattr(knockout_fast, "ROWS_PER_CALL_PER_TOKEN", 0)
     fast = runner.run(prepared, answer, PATHWAYS, 3, "fast")
     for pathway in PATHWAYS:
         expected = torch.tensor(naive.probs[pathway.name], dtype=torch.float64)

@@ -518,13 +518,13 @@ def test_interrupt_and_full_disk_then_resume_lose_and_duplicate_nothing(
 ) -> None:
     import errno
 
-    import vistrace.knockout.sweep
+    import vistrace.knockout.fast
     import vistrace.runs.store
 
     data = _data(tmp_path / "data", [{"id": f"s{i}", **GOOD} for i in range(3)])
     args = ["trace", "--model", str(tiny_dirs["llava"]), "--data", str(data), "--out", str(tmp_path / "r")]
     args += ["--pathways", "image_to_last", "--k", "1"]
-    real_run = vistrace.knockout.sweep.KnockoutRunner.run
+    real_run = vistrace.knockout.fast.FastStrategy.clean
     calls = {"n": 0}
 
     def interrupted(self: Any, *a: Any, **k: Any) -> Any:
@@ -533,10 +533,10 @@ def test_interrupt_and_full_disk_then_resume_lose_and_duplicate_nothing(
             raise KeyboardInterrupt
         return real_run(self, *a, **k)
 
-    monkeypatch.setattr(vistrace.knockout.sweep.KnockoutRunner, "run", interrupted)
+    monkeypatch.setattr(vistrace.knockout.fast.FastStrategy, "clean", interrupted)
     assert _invoke(*args).exit_code != 0
     assert [r["id"] for r in read_jsonl(tmp_path / "r" / "results.jsonl")] == ["s0"]
-    monkeypatch.setattr(vistrace.knockout.sweep.KnockoutRunner, "run", real_run)
+    monkeypatch.setattr(vistrace.knockout.fast.FastStrategy, "clean", real_run)
 
     def full(*a: Any, **k: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")

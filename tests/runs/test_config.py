@@ -70,6 +70,9 @@ def _read_config(run: Path) -> dict[str, Any]:
         ({"limit": -1}, "--limit -1: must be 0 or more"),
         ({"data": Path("no-such.jsonl")}, "--data no-such.jsonl: no such file"),
         ({"out": "taken"}, "is a file, not a folder"),
+        ({"pack_memory": -1.0}, "--pack-memory -1.0: GiB, 0 or more"),
+        ({"pack_memory": float("nan")}, "--pack-memory nan"),
+        ({"strategy": "naive", "pack_memory": 2.0}, "--pack-memory packs the fast strategy's re-runs"),
     ],
 )
 def test_trace_config_names_the_option(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:

@@ -133,3 +133,25 @@ def test_export_and_plot_flow(tiny_models, tmp_path: Path) -> None:
     figures = sorted(p.name for p in (run / "figures").iterdir())
     assert any(name.endswith(".png") for name in figures) and any(name.endswith(".pdf") for name in figures)
     assert any(name.endswith(".csv") for name in figures)
+
+
+@pytest.mark.parametrize("family", ["llava", "mllama", "qwen3_vl"])
+def test_packed_trace_gives_the_records_of_one_sample_at_a_time(
+    tiny_models, family: str, tmp_path: Path
+) -> None:
+    """`--pack-memory` (here on the CPU, where it is off by default) packs samples' re-runs into shared
+    calls and writes the same records, up to float rounding of the larger products."""
+    data = _write_data(tmp_path / "data", 6)
+    pathways = ["image_to_last", "question_to_last", "image_to_question"]
+    alone = trace(tiny_models[family], data, tmp_path / "alone", pathways=pathways, ks=[1, 3])
+    packed = trace(
+        tiny_models[family], data, tmp_path / "packed", pathways=pathways, ks=[1, 3], pack_memory=1.0
+    )
+    assert alone.traced == packed.traced == 6
+    rows = [list(read_records(tmp_path / run / "results.jsonl")) for run in ("alone", "packed")]
+    assert len(rows[0]) == len(rows[1]) == 6 * 3 * 2
+    for want, got in zip(*rows, strict=True):
+        assert {k: v for k, v in got.items() if k not in ("probs", "token_probs")} == {
+            k: v for k, v in want.items() if k not in ("probs", "token_probs")
+        }
+        assert got["probs"] == pytest.approx(want["probs"], rel=1e-5)

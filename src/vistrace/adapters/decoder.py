@@ -7,7 +7,7 @@ mask) and these functions slice or extend them by the dimension it gives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -110,3 +110,54 @@ def slice_rows(
         else:
             out[name] = value
     return out
+
+
+# Arguments that are additive masks over the keys: samples packed into one call may have different
+# numbers of keys, and a mask is padded on the right (the seam cuts each sample's to its own keys).
+_KEY_MASKS = frozenset({"attention_mask", "cross_attention_mask"})
+
+
+def stack_rows(per_sample: Sequence[Mapping[str, Any]], owners: torch.Tensor) -> dict[str, Any]:
+    """Decoder-layer arguments of one call that packs several samples' re-run rows: batch element b
+    gets those of sample `owners[b]` ((B,) long). `per_sample` are each sample's arguments sliced to
+    its rows (`slice_rows`, batch 1, as many rows each).
+
+    Tensors, also inside `position_embeddings`, are stacked along dimension 0; the key masks
+    (`attention_mask`, `cross_attention_mask`) are first padded on the right with the dtype's lowest
+    value to the longest. Any other argument must be the same for every sample. Anything else (a
+    tensor of batch other than 1, shapes that differ) stops the run with
+    `vistrace.compat.TransformersContractError` naming the argument.
+    """
+    names = list(per_sample[0])
+    if any(list(arguments) != names for arguments in per_sample):
+        raise compat.unknown_layer_argument(names[0], "samples packed into one call got different arguments")
+    out: dict[str, Any] = {}
+    for name in names:
+        values = [arguments[name] for arguments in per_sample]
+        first = values[0]
+        if isinstance(first, torch.Tensor):
+            out[name] = _stack(name, values, owners)
+        elif name == "position_embeddings" and isinstance(first, tuple):
+            out[name] = tuple(_stack(name, list(parts), owners) for parts in zip(*values, strict=True))
+        elif all(value is first or value == first for value in values):
+            out[name] = first
+        else:
+            raise compat.unknown_layer_argument(name, "differs between samples packed into one call")
+    return out
+
+
+def _stack(name: str, values: Sequence[Any], owners: torch.Tensor) -> torch.Tensor:
+    if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == 1 for v in values):
+        raise compat.unknown_layer_argument(name, "a packed call needs one tensor of batch 1 per sample")
+    if name in _KEY_MASKS:
+        longest = max(int(v.shape[-1]) for v in values)
+        values = [
+            torch.nn.functional.pad(v, (0, longest - v.shape[-1]), value=torch.finfo(v.dtype).min)
+            if v.shape[-1] < longest
+            else v
+            for v in values
+        ]
+    if len({tuple(v.shape) for v in values}) > 1:
+        raise compat.unknown_layer_argument(name, "its shape differs between samples packed into one call")
+    stacked = torch.cat(list(values))
+    return stacked.index_select(0, owners.to(stacked.device))

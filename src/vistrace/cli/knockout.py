@@ -67,6 +67,14 @@ def trace(
             metavar="",
         ),
     ] = False,
+    pack_memory: Annotated[
+        float | None,
+        typer.Option(
+            help="GiB of clean passes the fast strategy holds to pack several samples' re-runs into "
+            "shared calls (same numbers up to float rounding). Default: a tenth of the GPU's memory "
+            "on CUDA, none elsewhere; 0 turns packing off.",
+        ),
+    ] = None,
 ) -> None:
     """Knockout sweep: block each pathway in sliding windows of k layers and score the answer."""
     from vistrace.runs.config import TraceConfig
@@ -85,6 +93,7 @@ def trace(
         images=images,
         score=score,
         layer_probs=layer_probs,
+        pack_memory=pack_memory,
     )
     ensure_folder(config.out)
     shard = launched(device, device_map)

@@ -98,6 +98,16 @@ class CaptureRecorder:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """The batch elements `index` (1-d long tensor, positions in the call's batch) of one sample in a
+    call that packs several samples' re-run rows, and that sample's own plan (its roles, offset,
+    image rows and key prefix, restricted to these elements)."""
+
+    index: torch.Tensor
+    plan: Plan
+
+
+@dataclass(frozen=True)
 class Plan:
     """What the seam does in this run. An empty plan hands every call to sdpa unchanged.
 
@@ -111,6 +121,9 @@ class Plan:
       the keys the attention module passes (all image keys of a cross-attention layer, which then
       passes none). Lets a re-run of a few rows share the clean pass' keys across a batch without
       copying them (`vistrace.knockout.attention.PrefixKV`).
+    - `segments`: set when one call packs the re-run rows of several samples: each segment's
+      elements are attended with that segment's own plan, never to another sample's keys (the
+      seam splits the call, `vistrace.knockout.packing`). Every other field is then unused.
     """
 
     cross_layers: frozenset[int] = frozenset()
@@ -120,6 +133,7 @@ class Plan:
     offset: int = 0
     image_rows: torch.Tensor | None = None
     prefix: Mapping[int, PrefixAttention] | None = None
+    segments: tuple[Segment, ...] | None = None
 
     def at_offset(self, offset: int) -> Plan:
         return dataclasses.replace(self, offset=offset)
@@ -127,7 +141,11 @@ class Plan:
     @property
     def is_empty(self) -> bool:
         return (
-            self.knockout is None and self.capture is None and self.mode == "strict" and self.prefix is None
+            self.knockout is None
+            and self.capture is None
+            and self.mode == "strict"
+            and self.prefix is None
+            and self.segments is None
         )
 
 
@@ -149,4 +167,13 @@ def use_plan(plan: Plan | None) -> Iterator[Plan | None]:
         _ACTIVE_PLAN.reset(token)
 
 
-__all__ = ["CaptureRecorder", "Knockout", "KnockoutMode", "Plan", "Role", "active_plan", "use_plan"]
+__all__ = [
+    "CaptureRecorder",
+    "Knockout",
+    "KnockoutMode",
+    "Plan",
+    "Role",
+    "Segment",
+    "active_plan",
+    "use_plan",
+]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from vistrace.compat import register_attention, sdpa_functions
-from vistrace.hook.plan import Plan, active_plan
+from vistrace.hook.plan import Plan, Segment, active_plan, use_plan
 from vistrace.roles import Role
 
 SEAM_NAME = "vistrace"
@@ -31,8 +31,11 @@ def blocked_entries(
 
     Keys of a cross-attention layer are all image features; keys of a self-attention layer take the
     roles of their absolute positions. In paper mode the rows of a cross-attention layer that the
-    processor keeps away from the image are blocked too (the research code's uniform rows).
+    processor keeps away from the image are blocked too (the research code's uniform rows). A plan
+    that packs several samples (`Plan.segments`) gives each segment's entries at its elements.
     """
+    if plan.segments is not None:
+        return _segmented_blocked(plan.segments, layer, q_len, k_len, device)
     is_cross = layer in plan.cross_layers
     blocked: torch.Tensor | None = None
     knockout = plan.knockout
@@ -54,6 +57,20 @@ def blocked_entries(
         no_image_entries = no_image[:, :, None].expand(-1, -1, k_len)
         blocked = no_image_entries if blocked is None else blocked | no_image_entries
     return blocked
+
+
+def _segmented_blocked(
+    segments: tuple[Segment, ...], layer: int, q_len: int, k_len: int, device: torch.device
+) -> torch.Tensor | None:
+    parts = [(s.index, blocked_entries(s.plan, layer, q_len, k_len, device)) for s in segments]
+    if all(blocked is None for _, blocked in parts):
+        return None
+    batch = sum(len(index) for index, _ in parts)
+    out = torch.zeros(batch, q_len, k_len, dtype=torch.bool, device=device)
+    for index, blocked in parts:
+        if blocked is not None:
+            out[index.to(device)] = blocked.expand(len(index), -1, -1)
+    return out
 
 
 def explicit_attention(
@@ -144,6 +161,10 @@ def seam_attention(
     if layer is not None:
         for reached in REACHED_LAYERS.get():
             reached.add(int(layer))
+    if plan is not None and plan.segments is not None:
+        return _segmented_attention(
+            plan.segments, module, query, key, value, attention_mask, dropout, scaling, **kwargs
+        ), None
     if plan is None or plan.is_empty or layer is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -182,6 +203,46 @@ def seam_attention(
             last_row = torch.gather(last_row, 2, index)
         capture.record(layer, last_row)
     return output, None
+
+
+def _segmented_attention(
+    segments: tuple[Segment, ...],
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float | None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Output (B, Q, H, D) of a call packing several samples: each segment's elements go through the
+    seam under their own plan, so a row attends only to its own sample's keys. A mask of batch B is
+    split with them (a sample's mask may be padded on the right past its own keys: `masked_scores`
+    cuts it to the keys it scores)."""
+    if sum(len(segment.index) for segment in segments) != query.shape[0]:
+        raise ValueError(f"the segments of a packed call do not cover its {query.shape[0]} batch elements")
+    output = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
+    for segment in segments:
+        index = segment.index.to(query.device)
+
+        def rows(tensor: torch.Tensor, index: torch.Tensor = index) -> torch.Tensor:
+            # A tensor of batch 1 (an empty cross-attention cache, a shared mask) serves every element.
+            return tensor if tensor.shape[0] == 1 else tensor.index_select(0, index)
+
+        with use_plan(segment.plan):
+            part, _ = seam_attention(
+                module,
+                query.index_select(0, index),
+                rows(key),
+                rows(value),
+                None if attention_mask is None else rows(attention_mask),
+                dropout,
+                scaling,
+                **kwargs,
+            )
+        output.index_copy_(0, index, part.to(output.dtype))
+    return output
 
 
 def register() -> None:

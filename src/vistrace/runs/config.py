@@ -21,7 +21,7 @@ from vistrace import __version__
 from vistrace.data import DEFAULT_MAX_NEW_TOKENS, READERS, ReadResult, read_dataset
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.scores import SCORES
-from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, Pathway
+from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, Pathway, default_pack_bytes
 from vistrace.models.loading import LoadedModel
 from vistrace.volcano.loop import MAX_ROUNDS, SAMPLE_TEMPERATURE
 
@@ -127,7 +127,10 @@ class TraceConfig:
     `images`: the folder relative image paths are resolved against (None: the data file's);
     `score`: the answer score of each record's `p_full` and `probs` (:mod:`vistrace.knockout.scores`;
     product, the answer's probability, by default); `layer_probs`: also store each sample's clean
-    answer probability after every decoder layer (logit lens) in `layer_probs.jsonl`."""
+    answer probability after every decoder layer (logit lens) in `layer_probs.jsonl`;
+    `pack_memory`: GiB of clean passes the fast strategy holds to pack several samples' re-runs into
+    shared calls (None: a tenth of the GPU's memory on CUDA, no packing elsewhere; 0: none). Packing
+    changes no number beyond float rounding, so it is not one of the run's settings."""
 
     data: Path
     out: Path
@@ -140,8 +143,14 @@ class TraceConfig:
     images: Path | None = None
     score: str = "product"
     layer_probs: bool = False
+    pack_memory: float | None = None
 
     def __post_init__(self) -> None:
+        if self.pack_memory is not None:
+            if not (self.pack_memory >= 0 and math.isfinite(self.pack_memory)):
+                raise ValueError(f"--pack-memory {self.pack_memory}: GiB, 0 or more (0: no packing)")
+            if self.strategy == "naive" and self.pack_memory > 0:
+                raise ValueError("--pack-memory packs the fast strategy's re-runs; --strategy naive has none")
         if self.score not in SCORES:
             raise ValueError(f"--score {self.score!r}: choose one of {', '.join(SCORES)}")
         pathways = (self.pathways,) if isinstance(self.pathways, str) else tuple(self.pathways)
@@ -170,6 +179,14 @@ class TraceConfig:
     def softmax_temperature(self) -> float:
         """`temperature`, or the mode's default."""
         return DEFAULT_TEMPERATURE[self.mode] if self.temperature is None else self.temperature
+
+    def pack_bytes(self, loaded: LoadedModel) -> int:
+        """Clean-pass memory the fast strategy packs into shared re-run calls, in bytes: `pack_memory`
+        GiB, or by default a tenth of the GPU's memory on CUDA and none elsewhere
+        (:func:`vistrace.knockout.sweep.default_pack_bytes`)."""
+        if self.pack_memory is None:
+            return default_pack_bytes(loaded.device)
+        return int(self.pack_memory * 2**30)
 
     def check_model(self, n_layers: int) -> None:
         """ValueError when a window is wider than the model's `n_layers` layers."""

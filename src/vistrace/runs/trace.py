@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from vistrace import __version__
+from vistrace.adapters import PreparedPrompt
 from vistrace.hook.plan import KnockoutMode
 from vistrace.images import ImageError, open_image, resolve_image
 from vistrace.knockout.lens import answer_probability_by_layer
-from vistrace.knockout.sweep import KnockoutRunner, Pathway
+from vistrace.knockout.sweep import KnockoutResult, KnockoutRunner
 from vistrace.knockout.words import answer_words
 from vistrace.models.loading import LoadedModel
 from vistrace.runs.config import TraceConfig, check_trace_options
@@ -208,37 +209,57 @@ def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = No
         layer_store = open_store(out, LAYER_PROBS_FILE, ("id",), shard) if config.layer_probs else None
         mine = [(position, row) for position, row in enumerate(rows) if shard.owns(position)]
         bar = tqdm(mine, desc=f"trace {config.mode}{shard.label}", unit="sample", position=shard.rank)
-        for position, (number, sample, error) in bar:
-            sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
-            keys = [
-                {
-                    "id": sample_id,
-                    "pathway": p.name,
-                    "k": k,
-                    "mode": config.mode,
-                    "temperature": runner.temperature,
-                    "model": model_name,
-                }
-                for k in config.ks
-                for p in parsed
-            ]
-            if error is None and all(results.done(key) for key in keys):
-                counts["resumed"] += 1
+
+        def skip(item: _Pending | tuple[int, int, str], reason: str) -> None:
+            position, number, sample_id = item if isinstance(item, tuple) else item.where
+            log.warning("%s: line %d, sample %s skipped: %s", config.data, number, sample_id, reason)
+            skipped_store.append([{"id": sample_id, "line": number, POSITION: position, "reason": reason}])
+            counts["skipped"] += 1
+
+        def to_sweep() -> Iterator[tuple[_Pending, PreparedPrompt, list[int]]]:
+            for position, (number, sample, error) in bar:
+                sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
+                keys = [
+                    {
+                        "id": sample_id,
+                        "pathway": p.name,
+                        "k": k,
+                        "mode": config.mode,
+                        "temperature": runner.temperature,
+                        "model": model_name,
+                    }
+                    for k in config.ks
+                    for p in parsed
+                ]
+                if error is None and all(results.done(key) for key in keys):
+                    counts["resumed"] += 1
+                    continue
+                try:
+                    if error is not None or sample is None:
+                        raise SampleError(error or "empty record")
+                    prepared, answer = _sample_input(loaded, sample, config)
+                except SampleError as problem:
+                    skip((position, number, sample_id), str(problem))
+                    continue
+                yield _Pending((position, number, sample_id), sample, prepared, answer), prepared, answer
+
+        swept = runner.sweep(
+            to_sweep(), parsed, config.ks, config.strategy, pack_bytes=config.pack_bytes(loaded)
+        )
+        for outcome in swept:
+            item = outcome.tag
+            if outcome.error is not None:
+                skip(item, f"the knockout could not run ({outcome.error})")
                 continue
-            try:
-                if error is not None or sample is None:
-                    raise SampleError(error or "empty record")
-                records, layer_probs = _trace_sample(loaded, runner, sample, sample_id, config, parsed)
-                if layer_store is not None and layer_probs is not None:  # before the results it goes with
-                    layer_store.append([{"id": sample_id, POSITION: position, "layer_probs": layer_probs}])
-                results.append([{**record, POSITION: position} for record in records])
-                counts["traced"] += 1
-            except SampleError as problem:
-                log.warning("%s: line %d, sample %s skipped: %s", config.data, number, sample_id, problem)
-                skipped_store.append(
-                    [{"id": sample_id, "line": number, POSITION: position, "reason": str(problem)}]
+            position, _, sample_id = item.where
+            records = _records(loaded, runner, item.sample, sample_id, config, outcome.results)
+            if layer_store is not None:  # before the results it goes with
+                lens = answer_probability_by_layer(
+                    loaded, item.prepared, item.answer, temperature=runner.temperature
                 )
-                counts["skipped"] += 1
+                layer_store.append([{"id": sample_id, POSITION: position, "layer_probs": lens.tolist()}])
+            results.append([{**record, POSITION: position} for record in records])
+            counts["traced"] += 1
         shard.wait()
         counts = shard.total(counts)
         total = len(read_union(out, RESULTS_FILE, key=results.key_of))
@@ -261,6 +282,7 @@ def trace(
     images_dir: str | Path | None = None,
     score: str = "product",
     layer_probs: bool = False,
+    pack_memory: float | None = None,
 ) -> TraceSummary:
     """:func:`run_trace` with the :class:`TraceConfig` of these arguments."""
     config = TraceConfig(
@@ -275,20 +297,25 @@ def trace(
         images=None if images_dir is None else Path(images_dir),
         score=score,
         layer_probs=layer_probs,
+        pack_memory=pack_memory,
     )
     return run_trace(loaded, config)
 
 
-def _trace_sample(
-    loaded: LoadedModel,
-    runner: KnockoutRunner,
-    sample: dict[str, Any],
-    sample_id: str,
-    config: TraceConfig,
-    parsed: list[Pathway],
-) -> tuple[list[dict[str, Any]], list[list[float]] | None]:
-    """The result records of one sample (one per pathway and k) and, with `config.layer_probs`, its
-    clean answer probability after every decoder layer (L × T); SampleError when it cannot be run."""
+@dataclass(frozen=True)
+class _Pending:
+    """A sample on its way through the sweep: (input position, line, id), the record, its inputs."""
+
+    where: tuple[int, int, str]
+    sample: dict[str, Any]
+    prepared: PreparedPrompt
+    answer: list[int]
+
+
+def _sample_input(
+    loaded: LoadedModel, sample: dict[str, Any], config: TraceConfig
+) -> tuple[PreparedPrompt, list[int]]:
+    """The processed prompt and the answer tokens of one sample; SampleError when it cannot be run."""
     for field in ("image", "prompt"):
         if not isinstance(sample.get(field), str) or not sample[field].strip():
             raise SampleError(f"missing or empty `{field}`")
@@ -313,14 +340,28 @@ def _trace_sample(
     context = loaded.context_length
     if context is not None and length > context:
         raise SampleError(f"prompt + answer is {length} tokens, the model's context is {context}")
+    return prepared, answer
+
+
+def _records(
+    loaded: LoadedModel,
+    runner: KnockoutRunner,
+    sample: dict[str, Any],
+    sample_id: str,
+    config: TraceConfig,
+    swept: dict[int, KnockoutResult],
+) -> list[dict[str, Any]]:
+    """The result records of one swept sample: one per pathway and k."""
+    parsed = config.parsed_pathways
+    categories = sample.get("categories")
     model_name = str(loaded.path)
     words = [
         {"text": w.text, "tokens": list(w.tokens), "kind": w.kind}
-        for w in answer_words(loaded.processor.tokenizer, answer)
+        for w in answer_words(loaded.processor.tokenizer, list(swept[config.ks[0]].answer_tokens))
     ]
     records = []
     for k in config.ks:
-        result = runner.run(prepared, answer, parsed, k, config.strategy)
+        result = swept[k]
         for pathway in parsed:
             record: dict[str, Any] = {
                 "id": sample_id,
@@ -349,8 +390,4 @@ def _trace_sample(
                 assert scored is not None
                 record["p_full"], record["probs"] = scored
             records.append(record)
-    layer_probs = None
-    if config.layer_probs:
-        lens = answer_probability_by_layer(loaded, prepared, answer, temperature=runner.temperature)
-        layer_probs = lens.tolist()
-    return records, layer_probs
+    return records
