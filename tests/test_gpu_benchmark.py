@@ -98,3 +98,16 @@ def test_capture_benchmark_runs_tiny(benchmarks_on_path: None, tmp_path: Path) -
         assert all(seconds > 0 for seconds in row["seconds"].values())
         if capture_benchmark.can_measure_rss():
             assert all(rise > 0 for rise in row["rss_rise_kib"].values())
+
+
+def test_packing_benchmark_runs_tiny(benchmarks_on_path: None, tmp_path: Path) -> None:
+    import packing
+
+    out = tmp_path / "packing.json"
+    rows = packing.main(["--tiny", "--samples", "4", "--repeats", "1", "--threads", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(rows))
+    assert [row["model"] for row in rows] == ["tiny LLaVA", "tiny Mllama"]
+    for row in rows:
+        assert row["rerun_calls"]["packed"] < row["rerun_calls"]["alone"]
+        assert row["max_relative_difference"] < 1e-5
+        assert all(seconds > 0 for seconds in row["seconds_per_sample"].values())
