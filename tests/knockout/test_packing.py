@@ -79,3 +79,20 @@ def test_packed_sweep_equals_one_sample_at_a_time(
     # One sample at a time through `sweep` is `run`, exactly.
     single = runner.run(samples[3][1], samples[3][2], PATHWAYS, 3)
     assert single == alone[3].results[3]
+
+
+def test_a_sample_that_cannot_be_swept_comes_back_with_its_error_in_order(
+    tiny_models: dict[str, LoadedModel],
+) -> None:
+    runner = KnockoutRunner(tiny_models["llava"])
+    samples = _samples(tiny_models["llava"])[:3]
+    samples[1] = (1, samples[1][1], [])  # no answer tokens
+    pathways = [Pathway.parse("image_to_last")]
+    for pack_bytes in (0, 1 << 40):
+        outcomes = list(runner.sweep(samples, pathways, [1], pack_bytes=pack_bytes))
+        assert [o.tag for o in outcomes] == [0, 1, 2]
+        assert outcomes[1].error == "the answer has no tokens to score" and not outcomes[1].results
+        assert outcomes[0].error is None and outcomes[2].error is None
+        assert outcomes[2].results[1] == runner.run(samples[2][1], samples[2][2], pathways, 1)
+    with pytest.raises(ValueError, match="unknown strategy 'quick'"):
+        list(runner.sweep(samples, pathways, [1], "quick"))

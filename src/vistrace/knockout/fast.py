@@ -29,7 +29,7 @@ from vistrace.hook import Knockout, Plan
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.pathways import Pathway, window_layers
 from vistrace.knockout.rerun import CleanPass, Rows, RowState, clean_pass, rerun
-from vistrace.knockout.result import KnockoutResult, answer_probability
+from vistrace.knockout.result import KnockoutResult, SampleNotSweepable, answer_probability
 from vistrace.knockout.sequence import TeacherForced
 from vistrace.roles import Role
 
@@ -85,8 +85,9 @@ class FastStrategy:
     forward: Callable[..., Any]
 
     def clean(self, seq: TeacherForced, pathways: Sequence[Pathway]) -> FastSample:
-        """Run `seq`'s clean pass, keeping what re-runs of `pathways` need. ValueError when a re-run
-        from a row the pathways need would not be exact for this sample (`Adapter.rerun_start_error`)."""
+        """Run `seq`'s clean pass, keeping what re-runs of `pathways` need. `SampleNotSweepable` when a
+        re-run from a row the pathways need would not be exact for this sample
+        (`Adapter.rerun_start_error`)."""
         total = seq.prompt_len + len(seq.answer) - 1
         plans = {p.name: _PathwayPlan.make(seq, p, self.cross, self.n_layers) for p in pathways}
         starts = [e.start for plan in plans.values() for e in plan.schedule if e is not None]
@@ -94,7 +95,9 @@ class FastStrategy:
         for start in sorted(set(starts)):
             problem = self.adapter.rerun_start_error(inputs, start)
             if problem is not None:
-                raise ValueError(f"{problem}: the fast strategy would not be exact; use strategy naive")
+                raise SampleNotSweepable(
+                    f"{problem}: the fast strategy would not be exact; use strategy naive"
+                )
         clean_plan = Plan(cross_layers=self.cross, mode=self.mode, image_rows=seq.image_rows(total)[None])
         # A config-less cache: every layer keeps every key (one built from the config keeps only the
         # last `sliding_window - 1` keys of a sliding-window layer, and re-runs need them all).

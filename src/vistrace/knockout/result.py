@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 import torch
 
 
+class SampleNotSweepable(ValueError):
+    """One sample cannot be swept as asked (an empty answer; a fast re-run that would not be exact for
+    this sample's tokens); other samples can."""
+
+
 @dataclass(frozen=True)
 class KnockoutResult:
     """Answer probability of one sample: `p_full` unblocked, `probs[p][l]` with pathway `p` blocked in

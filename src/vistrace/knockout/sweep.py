@@ -21,7 +21,7 @@ from vistrace.hook import Knockout, Plan
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.fast import FastSample, FastStrategy
 from vistrace.knockout.pathways import PAPER_PATHWAYS, Pathway, window_layers
-from vistrace.knockout.result import KnockoutResult, answer_probability
+from vistrace.knockout.result import KnockoutResult, SampleNotSweepable, answer_probability
 from vistrace.knockout.sequence import TeacherForced
 from vistrace.models.loading import LoadedModel
 
@@ -99,10 +99,10 @@ class KnockoutRunner:
         holds the clean passes of consecutive samples up to that many bytes (plus one sample; see
         `FastSample.nbytes`) and sweeps them together, windows of several samples sharing re-run
         calls: the same numbers as one sample at a time, up to float rounding of the larger matrix
-        products. A sample that cannot be swept (empty answer, fast strategy not exact for it) comes
-        back with its `error`, and the others go on."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose fast or naive")
+        products. A sample that cannot be swept (`SampleNotSweepable`: an empty answer, the fast
+        strategy not exact for its tokens) comes back with its `error`, and the others go on; a
+        problem with the model or the strategy raises ValueError before any sample runs."""
+        self._check_strategy(strategy)
         pending: list[tuple[Tag, FastSample | str]] = []
         held = 0
         for tag, prepared, answer in samples:
@@ -113,7 +113,7 @@ class KnockoutRunner:
                         results = {k: self._naive(seq, pathways, k) for k in ks}
                     else:
                         sample = self._fast.clean(seq, pathways)
-            except ValueError as error:
+            except SampleNotSweepable as error:
                 pending.append((tag, " ".join(str(error).split())))
                 continue
             if strategy == "naive":
@@ -150,8 +150,12 @@ class KnockoutRunner:
     def _sequence(
         self, prepared: PreparedPrompt, answer_tokens: Sequence[int], strategy: str
     ) -> TeacherForced:
+        self._check_strategy(strategy)
         if not answer_tokens:
-            raise ValueError("the answer has no tokens to score")
+            raise SampleNotSweepable("the answer has no tokens to score")
+        return TeacherForced(prepared, tuple(int(t) for t in answer_tokens), self.mode)
+
+    def _check_strategy(self, strategy: str) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose fast or naive")
         if strategy == "fast" and not self.adapter.text_attention_causal:
@@ -159,7 +163,6 @@ class KnockoutRunner:
                 f"the fast strategy assumes causal text attention, and {self.adapter.model_type}'s is not "
                 "(its image block attends both ways): use strategy naive"
             )
-        return TeacherForced(prepared, tuple(int(t) for t in answer_tokens), self.mode)
 
     @contextlib.contextmanager
     def _traced(self) -> Iterator[None]:
@@ -235,6 +238,7 @@ __all__ = [
     "KnockoutResult",
     "KnockoutRunner",
     "Pathway",
+    "SampleNotSweepable",
     "SampleSweep",
     "Strategy",
     "default_pack_bytes",
