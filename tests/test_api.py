@@ -90,6 +90,25 @@ def test_knockout_sweep_equals_the_runner_and_round_trips(tiny_dirs: dict[str, P
         vistrace.knockout_sweep(model, prompt, [57], window=0)
 
 
+def test_knockout_sweeps_packed_equal_one_at_a_time(tiny_dirs: dict[str, Path]) -> None:
+    model = vistrace.load(tiny_dirs["llava"])
+    questions = ["What is red?", "Is there a blue square in the image?", "Color?"]
+    samples = [
+        (model.prompt(scene_image(), q), a) for q, a in zip(questions, [[57], [61], [57, 88]], strict=True)
+    ]
+    packed = list(vistrace.knockout_sweeps(model, samples, window=3, pack_memory=1.0))
+    for sweep, (prompt, answer) in zip(packed, samples, strict=True):
+        alone = vistrace.knockout_sweep(model, prompt, answer, window=3)
+        assert sweep.pathways == alone.pathways and sweep.p_full == alone.p_full
+        torch.testing.assert_close(sweep.probs, alone.probs, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="window"):
+        vistrace.knockout_sweeps(model, samples, window=0)  # at the call, not at the first sample
+    with pytest.raises(ValueError, match="pack_memory"):
+        vistrace.knockout_sweeps(model, samples, pack_memory=-1)
+    with pytest.raises(ValueError, match="has no tokens to score"):
+        list(vistrace.knockout_sweeps(model, [samples[0], (samples[1][0], [])], window=3))
+
+
 def test_image_attention_round_trips_and_draws(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     model = vistrace.load(tiny_dirs["llava"])
     image = scene_image()

@@ -4,6 +4,7 @@ The public API (imported on first use, so `import vistrace` stays light and has 
 
 - `load(model, *, dtype="auto", device, device_map, vision_tower) -> VisionModel`
 - `knockout_sweep(model, prompt, answer, *, pathways, window, mode, strategy) -> KnockoutSweep`
+- `knockout_sweeps(model, [(prompt, answer), …], …, pack_memory) -> iterator of KnockoutSweep`
 - `answer_probability_by_layer(model, prompt, answer) -> (layers, tokens) tensor` (a logit lens)
 - `attend(model, image, prompt, …) -> ImageAttention`
 - `volcano_loop(model, image, question, …) -> VolcanoResult`
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         answer_probability_by_layer,
         attend,
         knockout_sweep,
+        knockout_sweeps,
         load,
         volcano_loop,
     )
@@ -40,6 +42,7 @@ _EXPORTS = {
     "load": "vistrace.api",
     "answer_probability_by_layer": "vistrace.api",
     "knockout_sweep": "vistrace.api",
+    "knockout_sweeps": "vistrace.api",
     "attend": "vistrace.api",
     "volcano_loop": "vistrace.api",
     "VisionModel": "vistrace.api",
@@ -65,6 +68,7 @@ __all__ = [
     "answer_probability_by_layer",
     "attend",
     "knockout_sweep",
+    "knockout_sweeps",
     "load",
     "register_adapter",
     "register_metric",

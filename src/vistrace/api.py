@@ -3,7 +3,7 @@
 import vistrace
 model = vistrace.load("demo:mllama")                  # a directory, a cached hub id, demo:…, tiny:…
 prompt = model.prompt(image, "What color is the circle?")
-sweep = vistrace.knockout.sweep(model, prompt, "red", pathways=["image_to_last"], window=9)
+sweep = vistrace.knockout_sweep(model, prompt, "red", pathways=["image_to_last"], window=9)
 sweep.plot(); sweep.to_frame(); sweep.save("sweep")
 attention = vistrace.capture.generate(model, image, "What color is the circle?")
 attention.plot_image(); attention.map(pool="top_k_mean")
@@ -11,7 +11,8 @@ attention.plot_image(); attention.map(pool="top_k_mean")
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,13 @@ from vistrace.adapters import Adapter, PreparedPrompt
 from vistrace.capture.generate import capture as capture_stage
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.lens import answer_probability_by_layer as by_layer
-from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, KnockoutRunner, Pathway
+from vistrace.knockout.sweep import (
+    PAPER_PATHWAYS,
+    KnockoutRunner,
+    Pathway,
+    SampleSweep,
+    default_pack_bytes,
+)
 from vistrace.models.builtin import resolve_model_dir
 from vistrace.models.loading import LoadedModel
 from vistrace.models.loading import load as load_checkpoint
@@ -131,27 +138,80 @@ def knockout_sweep(
     `answer`: text (tokenized as the model writes it) or token ids. `mode`: `strict` (a true
     knockout, T = 1) or `paper` (FlowTracker's numbers, T = 0.6); see docs/concepts.md.
     """
-    if window < 1:
-        raise ValueError(f"window must be a positive number of layers, not {window}")
-    parsed = [p if isinstance(p, Pathway) else Pathway.parse(p) for p in pathways]
-    runner = KnockoutRunner(model.loaded, mode=mode, temperature=temperature)
-    tokens = model.answer_tokens(answer)
-    result = runner.run(prompt, tokens, parsed, window, strategy)
-    probs = torch.tensor([result.probs[p.name] for p in parsed], dtype=torch.float64)
-    return KnockoutSweep(
-        pathways=tuple(p.name for p in parsed),
-        probs=probs,
-        p_full=result.p_full,
+    (sweep,) = knockout_sweeps(
+        model,
+        [(prompt, answer)],
+        pathways=pathways,
         window=window,
         mode=mode,
-        temperature=DEFAULT_TEMPERATURE[mode] if temperature is None else temperature,
         strategy=strategy,
-        answer_tokens=tuple(tokens),
-        cross_attention_layers=model.cross_attention_layers,
-        layer_evaluations=result.layer_evaluations,
-        token_probs=torch.tensor([result.token_probs[p.name] for p in parsed], dtype=torch.float64),
-        p_full_tokens=torch.tensor(result.p_full_tokens, dtype=torch.float64),
+        temperature=temperature,
+        pack_memory=0,
     )
+    return sweep
+
+
+def knockout_sweeps(
+    model: VisionModel,
+    samples: Iterable[tuple[PreparedPrompt, str | Sequence[int]]],
+    *,
+    pathways: Sequence[str | Pathway] = PAPER_PATHWAYS,
+    window: int = 9,
+    mode: KnockoutMode = "strict",
+    strategy: str = "fast",
+    temperature: float | None = None,
+    pack_memory: float | None = None,
+) -> Iterator[KnockoutSweep]:
+    """`knockout_sweep` of each `(prompt, answer)`, yielded in order as each is done.
+
+    The fast strategy packs the re-runs of consecutive samples into shared calls, holding up to
+    `pack_memory` GiB of their clean passes (None: a tenth of the GPU's memory on CUDA, no packing
+    elsewhere; 0: none): the same numbers up to float rounding (docs/scale.md). A sample that
+    cannot be swept raises ValueError naming its position, after the samples before it.
+    """
+    if window < 1:
+        raise ValueError(f"window must be a positive number of layers, not {window}")
+    if pack_memory is not None and not (pack_memory >= 0 and math.isfinite(pack_memory)):
+        raise ValueError(f"pack_memory must be 0 or more GiB, not {pack_memory}")
+    parsed = [p if isinstance(p, Pathway) else Pathway.parse(p) for p in pathways]
+    runner = KnockoutRunner(model.loaded, mode=mode, temperature=temperature)
+    pack_bytes = default_pack_bytes(model.loaded.device) if pack_memory is None else int(pack_memory * 2**30)
+
+    def tokenized() -> Iterator[tuple[int, PreparedPrompt, list[int]]]:
+        for position, (prompt, answer) in enumerate(samples):
+            yield position, prompt, model.answer_tokens(answer)
+
+    outcomes = runner.sweep(tokenized(), parsed, [window], strategy, pack_bytes=pack_bytes)
+    return _sweeps(model, runner, parsed, window, strategy, outcomes)
+
+
+def _sweeps(
+    model: VisionModel,
+    runner: KnockoutRunner,
+    parsed: list[Pathway],
+    window: int,
+    strategy: str,
+    outcomes: Iterator[SampleSweep[int]],
+) -> Iterator[KnockoutSweep]:
+    mode = runner.mode
+    for outcome in outcomes:
+        if outcome.error is not None:
+            raise ValueError(f"sample {outcome.tag}: {outcome.error}")
+        result = outcome.results[window]
+        yield KnockoutSweep(
+            pathways=tuple(p.name for p in parsed),
+            probs=torch.tensor([result.probs[p.name] for p in parsed], dtype=torch.float64),
+            p_full=result.p_full,
+            window=window,
+            mode=mode,
+            temperature=runner.temperature,
+            strategy=strategy,
+            answer_tokens=result.answer_tokens,
+            cross_attention_layers=model.cross_attention_layers,
+            layer_evaluations=result.layer_evaluations,
+            token_probs=torch.tensor([result.token_probs[p.name] for p in parsed], dtype=torch.float64),
+            p_full_tokens=torch.tensor(result.p_full_tokens, dtype=torch.float64),
+        )
 
 
 def answer_probability_by_layer(

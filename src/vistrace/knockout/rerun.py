@@ -274,6 +274,7 @@ def rerun(
         for i in cross_layers
         if i >= lowest
     }
+    # Packed samples see different prefixes; layers read only whether there is one (see get_seq_length).
     cache = _RerunCache(reused, empty, min(shared))
     plans = [
         dataclasses.replace(part.plan, offset=part.start, prefix=prefixes[s]) for s, part in enumerate(parts)
