@@ -15,7 +15,7 @@ from vistrace.data import Example, load_image, read_dataset
 from vistrace.images import BACKGROUND, image_base, resolve_image, to_rgb
 from vistrace.runs.attend_io import Instance
 from vistrace.runs.attend_io import load_image as attend_load_image
-from vistrace.runs.trace import _open_image
+from vistrace.runs.samples import open_sample_image
 
 pytestmark = [pytest.mark.unit]
 
@@ -92,7 +92,7 @@ def test_trace_and_attend_resolve_the_same_way(folders: tuple[Path, Path]) -> No
         index=0, image_id="x", image_src="img/x.png", question="Q?", gold_answer=None, source=data / "in.json"
     )
     for images_dir, colour in ((None, RED), (images, GREEN)):
-        assert _open_image("img/x.png", samples, images_dir).getpixel((0, 0)) == colour
+        assert open_sample_image("img/x.png", samples, images_dir).getpixel((0, 0)) == colour
         assert attend_load_image(instance, images_dir=images_dir).getpixel((0, 0)) == colour
     assert resolve_image("/abs/x.png", samples, images) == Path("/abs/x.png")
     assert image_base(data) == data and image_base(samples) == data
@@ -129,7 +129,7 @@ def test_every_path_composites_transparency_onto_white(tmp_path: Path, mode: str
     opened = {
         "to_rgb": to_rgb(Image.open(path)),
         "datasets.load_image": load_image(Example(id="1", image=path, question="Q?")),
-        "trace": _open_image(path.name, tmp_path / "samples.jsonl", None),
+        "trace": open_sample_image(path.name, tmp_path / "samples.jsonl", None),
         "attend": attend_load_image(
             Instance(index=0, image_id="t", image_src=str(path), question="Q?", gold_answer=None)
         ),

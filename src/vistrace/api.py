@@ -179,7 +179,11 @@ def knockout_sweeps(
 
     def tokenized() -> Iterator[tuple[int, PreparedPrompt, list[int]]]:
         for position, (prompt, answer) in enumerate(samples):
-            yield position, prompt, model.answer_tokens(answer)
+            try:
+                tokens = model.answer_tokens(answer)
+            except ValueError as error:
+                raise ValueError(f"sample {position}: {error}") from None
+            yield position, prompt, tokens
 
     outcomes = runner.sweep(tokenized(), parsed, [window], strategy, pack_bytes=pack_bytes)
     return _sweeps(model, runner, parsed, window, strategy, outcomes)

@@ -148,7 +148,9 @@ def stack_rows(per_sample: Sequence[Mapping[str, Any]], owners: torch.Tensor) ->
 
 def _stack(name: str, values: Sequence[Any], owners: torch.Tensor) -> torch.Tensor:
     if not all(isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == 1 for v in values):
-        raise compat.unknown_layer_argument(name, "a packed call needs one tensor of batch 1 per sample")
+        raise compat.unknown_layer_argument(
+            name, "packing samples needs one tensor of batch 1 per sample (turn packing off: --pack-memory 0)"
+        )
     if name in _KEY_MASKS:
         longest = max(int(v.shape[-1]) for v in values)
         values = [
@@ -158,6 +160,8 @@ def _stack(name: str, values: Sequence[Any], owners: torch.Tensor) -> torch.Tens
             for v in values
         ]
     if len({tuple(v.shape) for v in values}) > 1:
-        raise compat.unknown_layer_argument(name, "its shape differs between samples packed into one call")
+        raise compat.unknown_layer_argument(
+            name, "its shape differs between samples packed into one call (turn packing off: --pack-memory 0)"
+        )
     stacked = torch.cat(list(values))
     return stacked.index_select(0, owners.to(stacked.device))

@@ -123,7 +123,7 @@ class Plan:
       copying them (`vistrace.knockout.attention.PrefixKV`).
     - `segments`: set when one call packs the re-run rows of several samples: each segment's
       elements are attended with that segment's own plan, never to another sample's keys (the
-      seam splits the call, `vistrace.knockout.packing`). Every other field is then unused.
+      seam splits the call; `vistrace.knockout.fast` packs). Every other field is then unused.
     """
 
     cross_layers: frozenset[int] = frozenset()

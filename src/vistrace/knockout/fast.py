@@ -54,13 +54,12 @@ class FastSample:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the clean pass holds (keys, values, hidden states, the layers' argument tensors)."""
-        tensors = [*self.clean.keys, *self.clean.values, *self.clean.hidden]
-        for arguments in self.clean.layer_arguments:
-            for value in arguments.values():
-                tensors.extend(v for v in (value if isinstance(value, tuple) else (value,)))
-        unique = {t.data_ptr(): t for t in tensors if isinstance(t, torch.Tensor)}
-        return sum(t.numel() * t.element_size() for t in unique.values())
+        """Bytes the clean pass holds: keys, values, hidden states, the layers' argument tensors and the
+        adapter's extras (each storage once)."""
+        tensors = [*self.clean.keys, *self.clean.values, *self.clean.hidden, self.clean.logits]
+        tensors += _tensors_in([*self.clean.layer_arguments, self.clean.extras])
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(storages.values())
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,8 @@ class FastStrategy:
             answer_probability(clean.logits[:, seq.prompt_len - 1 + i], tok, self.temperature).double().cpu()
             for i, tok in enumerate(seq.answer)
         ]
-        clean = dataclasses.replace(clean, logits=clean.logits[:, :0])  # not needed any more
+        # Not needed any more; a view would keep the whole (1, S, V) buffer alive while the pack waits.
+        clean = dataclasses.replace(clean, logits=clean.logits.new_empty((1, 0, clean.logits.shape[-1])))
         return FastSample(seq, clean, p_steps, plans, self.n_layers * total)
 
     def sweep(
@@ -222,6 +222,17 @@ class FastStrategy:
                 offset += len(work)
                 spent[i] += used[i]
         return [torch.stack(per_part, dim=1) for per_part in steps], spent
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors_in(item)]
+    return []
 
 
 def _shape(seq: TeacherForced, schedule: tuple[_Step | None, ...]) -> _Shape:

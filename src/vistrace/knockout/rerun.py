@@ -156,10 +156,6 @@ class RowState:
     keys: dict[int, torch.Tensor]
     values: dict[int, torch.Tensor]
 
-    @property
-    def rows(self) -> int:
-        return self.ends[0] - self.firsts[0]
-
     def upto(self, ends: Sequence[int]) -> RowState:
         """The rows before `ends[s]` of each sample s."""
         if tuple(ends) == self.ends:

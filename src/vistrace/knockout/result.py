@@ -17,7 +17,8 @@ class SampleNotSweepable(ValueError):
 class KnockoutResult:
     """Answer probability of one sample: `p_full` unblocked, `probs[p][l]` with pathway `p` blocked in
     the window centred at layer `l` (one value per decoder layer), each the product over the answer
-    tokens. `layer_evaluations` counts decoder-layer × token evaluations spent (text decoder only).
+    tokens. `layer_evaluations` counts decoder-layer × token evaluations spent (text decoder only),
+    the clean pass included (a sweep over several window sizes runs it once: do not add them up).
 
     The per-token probabilities behind them, from which any score can be recomputed
     (`vistrace.knockout.scores`): `p_full_tokens[i]` of answer token i unblocked, `token_probs[p][l][i]`

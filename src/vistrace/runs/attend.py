@@ -29,8 +29,8 @@ from vistrace.runs.attend_io import (
 )
 from vistrace.runs.config import AttendConfig
 from vistrace.runs.folder import open_run
+from vistrace.runs.samples import special_token_problem
 from vistrace.runs.shard import Shard, launched_shard
-from vistrace.runs.trace import special_token_problem
 from vistrace.volcano.loop import volcano_instance
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from vistrace.data import DatasetError, Example, example_prompt, load_image
 from vistrace.models.loading import LoadedModel
 from vistrace.roles import Prompt, render_prompt
 from vistrace.runs.config import PAPER_DATASETS, eval_datasets
-from vistrace.runs.trace import special_token_problem
+from vistrace.runs.samples import special_token_problem
 
 __all__ = ["BatchRunner", "Skip", "build_prompt", "one_line"]
 

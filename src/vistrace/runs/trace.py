@@ -19,13 +19,11 @@ from typing import Any
 
 import torch
 import transformers
-from PIL import Image
 from tqdm import tqdm
 
 from vistrace import __version__
 from vistrace.adapters import PreparedPrompt
 from vistrace.hook.plan import KnockoutMode
-from vistrace.images import ImageError, open_image, resolve_image
 from vistrace.knockout.lens import answer_probability_by_layer
 from vistrace.knockout.sweep import KnockoutResult, KnockoutRunner
 from vistrace.knockout.words import answer_words
@@ -42,6 +40,7 @@ from vistrace.runs.export import (
     result_problem,
 )
 from vistrace.runs.folder import open_run
+from vistrace.runs.samples import SampleError, answer_token_ids, sample_input, special_token_problem
 from vistrace.runs.shard import POSITION, Shard, launched_shard, open_store, read_union
 
 __all__ = [
@@ -63,10 +62,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped.jsonl"
-
-
-class SampleError(ValueError):
-    """A sample cannot be traced; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -114,69 +109,6 @@ def _load_samples(data_file: Path) -> list[tuple[int, dict[str, Any] | None, str
     return rows
 
 
-def answer_token_ids(loaded: LoadedModel, sample: dict[str, Any]) -> list[int]:
-    """The tokens to score: `answer_tokens` (a list of in-vocabulary ids, never coerced), or
-    `answer` text tokenized without special tokens; EOS removed. SampleError says what is wrong."""
-    tokenizer = loaded.processor.tokenizer
-    if sample.get("answer_tokens") is not None:
-        tokens = sample["answer_tokens"]
-        if not isinstance(tokens, list):
-            raise SampleError(f"`answer_tokens` must be a list of token ids, not {type(tokens).__name__}")
-        vocab = _vocab_size(loaded)
-        for token in tokens:
-            if not isinstance(token, int) or isinstance(token, bool):
-                raise SampleError(f"`answer_tokens` holds {token!r}; token ids are non-negative integers")
-            if token < 0 or (vocab is not None and token >= vocab):
-                raise SampleError(f"`answer_tokens` holds {token}, outside the vocabulary (0 … {vocab})")
-        tokens = list(tokens)
-    elif isinstance(sample.get("answer"), str):
-        tokens = list(tokenizer(sample["answer"], add_special_tokens=False)["input_ids"])
-    elif sample.get("answer") is not None:
-        raise SampleError(f"`answer` must be text, not {type(sample['answer']).__name__}")
-    else:
-        raise SampleError("no `answer_tokens` and no `answer` text")
-    # The tokenizer's EOS too, when the generation config names others.
-    eos_ids = loaded.eos_ids | {tokenizer.eos_token_id}
-    tokens = [t for t in tokens if t not in eos_ids]
-    if not tokens:
-        raise SampleError("the answer has no tokens to score once EOS is removed")
-    return tokens
-
-
-def _vocab_size(loaded: LoadedModel) -> int | None:
-    """Rows of the output embedding (the ids the model can score), when known."""
-    output = loaded.model.get_output_embeddings()
-    if output is not None and hasattr(output, "weight"):
-        return int(output.weight.shape[0])
-    value = getattr(loaded.model.config.get_text_config(), "vocab_size", None)
-    return int(value) if value else None
-
-
-def special_token_problem(loaded: LoadedModel, prompt: str) -> str | None:
-    """Why `prompt` cannot be used as it is: it spells one of the tokenizer's special tokens (an
-    image placeholder such as `<image>` would add an image)."""
-    tokenizer = loaded.processor.tokenizer
-    specials = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
-    specials |= {str(t) for t in getattr(tokenizer, "added_tokens_encoder", {})}
-    for name in ("image_token", "video_token", "boi_token", "eoi_token"):
-        value = getattr(loaded.processor, name, None) or getattr(tokenizer, name, None)
-        if isinstance(value, str):
-            specials.add(value)
-    found = sorted(t for t in specials if t and t in prompt)
-    if found:
-        return f"the prompt contains the special token(s) {', '.join(found)}, which would change the input"
-    return None
-
-
-def _open_image(path_text: str, data_file: Path, images_dir: str | Path | None) -> Image.Image:
-    """The sample's image as RGB (:func:`vistrace.images.open_image`); a relative path is resolved
-    against `images_dir`, else the data file's folder."""
-    try:
-        return open_image(resolve_image(path_text, data_file, images_dir))
-    except ImageError as error:
-        raise SampleError(str(error)) from None
-
-
 def _versions() -> dict[str, str]:
     return {
         "vistrace": __version__,
@@ -208,16 +140,20 @@ def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = No
         skipped_store = open_store(out, SKIPPED_FILE, ("id", "reason"), shard)
         layer_store = open_store(out, LAYER_PROBS_FILE, ("id",), shard) if config.layer_probs else None
         mine = [(position, row) for position, row in enumerate(rows) if shard.owns(position)]
-        bar = tqdm(mine, desc=f"trace {config.mode}{shard.label}", unit="sample", position=shard.rank)
+        # Advanced as samples finish: a packed sweep pulls several samples before any is done.
+        bar = tqdm(
+            total=len(mine), desc=f"trace {config.mode}{shard.label}", unit="sample", position=shard.rank
+        )
 
         def skip(item: _Pending | tuple[int, int, str], reason: str) -> None:
             position, number, sample_id = item if isinstance(item, tuple) else item.where
             log.warning("%s: line %d, sample %s skipped: %s", config.data, number, sample_id, reason)
             skipped_store.append([{"id": sample_id, "line": number, POSITION: position, "reason": reason}])
             counts["skipped"] += 1
+            bar.update()
 
         def to_sweep() -> Iterator[tuple[_Pending, PreparedPrompt, list[int]]]:
-            for position, (number, sample, error) in bar:
+            for position, (number, sample, error) in mine:
                 sample_id = str(sample.get("id", f"line{number}")) if sample else f"line{number}"
                 keys = [
                     {
@@ -233,11 +169,12 @@ def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = No
                 ]
                 if error is None and all(results.done(key) for key in keys):
                     counts["resumed"] += 1
+                    bar.update()
                     continue
                 try:
                     if error is not None or sample is None:
                         raise SampleError(error or "empty record")
-                    prepared, answer = _sample_input(loaded, sample, config)
+                    prepared, answer = sample_input(loaded, sample, config)
                 except SampleError as problem:
                     skip((position, number, sample_id), str(problem))
                     continue
@@ -260,6 +197,8 @@ def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = No
                 layer_store.append([{"id": sample_id, POSITION: position, "layer_probs": lens.tolist()}])
             results.append([{**record, POSITION: position} for record in records])
             counts["traced"] += 1
+            bar.update()
+        bar.close()
         shard.wait()
         counts = shard.total(counts)
         total = len(read_union(out, RESULTS_FILE, key=results.key_of))
@@ -310,37 +249,6 @@ class _Pending:
     sample: dict[str, Any]
     prepared: PreparedPrompt
     answer: list[int]
-
-
-def _sample_input(
-    loaded: LoadedModel, sample: dict[str, Any], config: TraceConfig
-) -> tuple[PreparedPrompt, list[int]]:
-    """The processed prompt and the answer tokens of one sample; SampleError when it cannot be run."""
-    for field in ("image", "prompt"):
-        if not isinstance(sample.get(field), str) or not sample[field].strip():
-            raise SampleError(f"missing or empty `{field}`")
-    for field in ("category", "dataset"):
-        if sample.get(field) is not None and not isinstance(sample[field], str):
-            raise SampleError(f"`{field}` must be text, not {type(sample[field]).__name__}")
-    categories = sample.get("categories")
-    if categories is not None and not (
-        isinstance(categories, list) and all(isinstance(c, str) for c in categories)
-    ):
-        raise SampleError("`categories` must be a list of text")
-    problem = special_token_problem(loaded, sample["prompt"])
-    if problem:
-        raise SampleError(problem)
-    image = _open_image(sample["image"], config.data, config.images)
-    answer = answer_token_ids(loaded, sample)
-    try:
-        prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, sample["prompt"])
-    except ValueError as error:
-        raise SampleError(f"the processor refused the sample ({' '.join(str(error).split())})") from None
-    length = prepared.input_ids.shape[1] + len(answer)
-    context = loaded.context_length
-    if context is not None and length > context:
-        raise SampleError(f"prompt + answer is {length} tokens, the model's context is {context}")
-    return prepared, answer
 
 
 def _records(
