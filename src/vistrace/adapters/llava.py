@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from vistrace.adapters.base import Adapter, FeatureKind, Geometry, Grid
+from vistrace.adapters.base import FeatureKind, Geometry, Grid, InlineAdapter
 
 
-class LlavaAdapter(Adapter):
+class LlavaAdapter(InlineAdapter):
     """LLaVA-1.5 / Volcano: one image = (image_size / patch)² positions, every layer sees them."""
 
     model_type = "llava"
-    family = "inline"
 
     def structure_error(self, config: Any) -> str | None:
         """Pixtral checkpoints also say `llava`, with image-break tokens and variable resolution."""
@@ -25,22 +23,6 @@ class LlavaAdapter(Adapter):
             f"a 'llava' checkpoint with a {vision_type!r} vision tower (e.g. Pixtral) is not LLaVA-1.5: its "
             "image breaks and variable resolution are not supported; LLaVA-1.5-style CLIP/SigLIP towers are"
         )
-
-    def num_layers(self, model: Any) -> int:
-        return int(model.config.text_config.num_hidden_layers)
-
-    def cross_layers(self, model: Any) -> frozenset[int]:
-        return frozenset()
-
-    def image_token_id(self, model: Any) -> int:
-        return int(model.config.image_token_id)
-
-    def _image_rows_and_keys(
-        self, inputs: dict[str, torch.Tensor], image_token: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ids = inputs["input_ids"][0]
-        keys = torch.nonzero(ids == image_token).flatten()
-        return torch.ones(ids.shape[0], dtype=torch.bool), keys
 
     def geometry(self, model: Any, processor: Any, image_size: tuple[int, int]) -> Geometry:
         """Feature → its region of the original image, through the image processor's own steps:
