@@ -10,9 +10,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from vistrace.models.loading import LoadedModel, load
-from vistrace.roles import Role
 
-from ..conftest import scene_image
+from .square_proofs import assert_frame_tokens_are_template, assert_image_keys_equal_the_model_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
@@ -37,36 +36,11 @@ def test_loads_offline_with_the_family_classes(loaded: LoadedModel) -> None:
 
 
 def test_image_keys_equal_the_model_features_for_a_non_square_image(loaded: LoadedModel) -> None:
-    image = scene_image(96, 32)
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, image, QUESTION)
-    with torch.no_grad():
-        pooled = loaded.model.model.get_image_features(
-            prepared.inputs["pixel_values"], prepared.inputs["pixel_attention_mask"]
-        ).pooler_output
-    # One (features, D) tensor per image, or one (squares, features per square, D) tensor: the layout
-    # differs between transformers releases; the count of features does not.
-    parts = pooled if isinstance(pooled, (tuple, list)) else [pooled]
-    n_features = sum(part.reshape(-1, part.shape[-1]).shape[0] for part in parts)
-    assert prepared.image_keys is not None
-    assert len(prepared.image_keys) == n_features == 27  # 1 × 2 squares + global, 9 each
-    geometry = loaded.adapter.geometry(loaded.model, loaded.processor, image.size)
-    assert geometry.num_features == len(prepared.image_keys)
-    tokens = loaded.processor.tokenizer.convert_ids_to_tokens(prepared.input_ids[0].tolist())
-    assert [t for t in tokens if t.startswith("<row_")] == ["<row_1_col_1>", "<row_1_col_2>"]
+    assert_image_keys_equal_the_model_features(loaded, QUESTION, 27)  # 1 × 2 squares + global, 9 each
 
 
 def test_frame_tokens_are_template(loaded: LoadedModel) -> None:
-    prepared = loaded.adapter.prepare(loaded.model, loaded.processor, scene_image(), QUESTION)
-    tokens = loaded.processor.tokenizer.convert_ids_to_tokens(prepared.input_ids[0].tolist())
-    frame = [i for i, t in enumerate(tokens) if t in ("<fake_token_around_image>", "<global-img>")]
-    frame += [i for i, t in enumerate(tokens) if t.startswith("<row_")]
-    assert len(frame) == 4 * 2 + 3  # 2 × 2 squares, then the global image's three frame tokens
-    assert all(int(prepared.roles[i]) == Role.TEMPLATE for i in frame)
-    image = prepared.roles == Role.IMAGE
-    assert prepared.image_keys is not None
-    assert torch.equal(torch.nonzero(image).flatten(), prepared.image_keys)
-    question = "".join(t for t, r in zip(tokens, prepared.roles.tolist(), strict=True) if r == Role.QUESTION)
-    assert question.replace("Ġ", " ") == QUESTION
+    assert_frame_tokens_are_template(loaded, QUESTION)
 
 
 def test_pixel_shuffle_keeps_features_row_major(loaded: LoadedModel) -> None:
