@@ -21,7 +21,7 @@ from vistrace.models.tiny import FAMILIES
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
 CHECKS = tuple(c.name for c in check.CHECKS)
-EMPTY_PLAN, CAUSALITY, TARGETED_ROWS, _, IMAGE_KEYS, _, _ = CHECKS
+EMPTY_PLAN, CAUSALITY, TARGETED_ROWS, _, IMAGE_KEYS, _, _, _ = CHECKS
 
 
 @pytest.fixture(autouse=True)
@@ -142,5 +142,5 @@ def test_check_in_bfloat16_uses_the_bfloat16_tolerances(tiny_dirs: dict[str, Pat
 
 
 def test_the_check_table_says_what_each_check_proves() -> None:
-    assert len(set(CHECKS)) == len(CHECKS) == 7
+    assert len(set(CHECKS)) == len(CHECKS) == 8
     assert all(c.proves and callable(c.run) for c in check.CHECKS)
