@@ -5,7 +5,8 @@ calls are small; `KnockoutRunner.sweep(..., pack_bytes=...)` packs the windows o
 into the same calls (what `vistrace trace --pack-memory` does). This benchmark sweeps the same
 samples both ways, side by side in one run, and prints per family: seconds per sample, their ratio,
 the re-run calls each made, and the largest relative difference of any probability (the numbers must
-agree up to float rounding).
+agree up to float rounding), and the ATen operators each dispatches per sample (about one kernel
+launch each on a GPU, where small calls are bound by launches: counted on any device).
 
 Samples: the paper's VQAv2 prompt with questions of different lengths over the benchmark image, each
 scored on the same 2-token answer; 4 pathways, k = 9. Models: random weights with the real image
@@ -81,6 +82,19 @@ def _swept(
     return list(runner.sweep(samples, pathways, [K], pack_bytes=pack_bytes))
 
 
+def _leaf_ops(run: Callable[[], Any]) -> int:
+    """ATen operators `run` dispatches that call no other (about one kernel launch each on a GPU),
+    counted with torch's profiler in a run of its own (untimed)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return sum(
+        1
+        for event in profile.events()
+        if event.name.startswith("aten::")
+        and not any(c.name.startswith("aten::") for c in event.cpu_children)
+    )
+
+
 def _max_relative_difference(packed: list[SampleSweep[int]], alone: list[SampleSweep[int]]) -> float:
     worst = 0.0
     for p, a in zip(packed, alone, strict=True):
@@ -133,6 +147,10 @@ def bench(
                 results[name], counted[name] = outcome, len(calls)
     finally:
         fast_module.rerun = real_rerun
+    ops = {
+        name: _leaf_ops(functools.partial(_swept, runner, prepared, pathways, pack_bytes)) / samples
+        for name, pack_bytes in ways.items()
+    }
     median = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "model": sizes.name,
@@ -145,6 +163,7 @@ def bench(
         "seconds_per_sample": {name: value / samples for name, value in median.items()},
         "alone_vs_packed": median["alone"] / median["packed"],
         "rerun_calls": counted,
+        "leaf_ops_per_sample": ops,
         "max_relative_difference": _max_relative_difference(results["packed"], results["alone"]),
     }
 
@@ -158,6 +177,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         "packed s/sample",
         "alone / packed",
         "re-run calls alone → packed",
+        "ATen ops / sample alone → packed",
         "max rel. diff",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -167,6 +187,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {r['model']} | {r['device']}, {r['dtype']} | {r['samples']} ({tokens}) "
             f"| {r['seconds_per_sample']['alone']:.3f} | {r['seconds_per_sample']['packed']:.3f} "
             f"| **{r['alone_vs_packed']:.2f}×** | {r['rerun_calls']['alone']} → {r['rerun_calls']['packed']} "
+            f"| {r['leaf_ops_per_sample']['alone']:,.0f} → {r['leaf_ops_per_sample']['packed']:,.0f} "
             f"| {r['max_relative_difference']:.1e} |"
         )
     return "\n".join(lines)

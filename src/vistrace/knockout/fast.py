@@ -1,7 +1,7 @@
 """The fast knockout strategy: the same numbers as the naive one, from a fraction of the work.
 
 The sample runs once (the image encoded once), keeping that clean pass' keys, values and per-layer
-hidden states (`vistrace.knockout.rerun`). Windows whose affected layers are the same are computed
+hidden states (`vistrace.knockout.clean`). Windows whose affected layers are the same are computed
 once. Each remaining window re-runs only what can change: the rows from the first row the pathway
 can change (a single row for `*_to_last`), from the window's first affected layer up, starting from
 the clean hidden states there and attending to the clean keys before those rows. Windows are
@@ -27,8 +27,9 @@ from vistrace import compat
 from vistrace.adapters import Adapter
 from vistrace.hook import Knockout, Plan
 from vistrace.hook.plan import KnockoutMode
+from vistrace.knockout.clean import CleanPass, clean_pass
 from vistrace.knockout.pathways import Pathway, window_layers
-from vistrace.knockout.rerun import CleanPass, Rows, RowState, clean_pass, rerun
+from vistrace.knockout.rerun import Rows, RowState, rerun
 from vistrace.knockout.result import KnockoutResult, SampleNotSweepable, answer_probability
 from vistrace.knockout.sequence import TeacherForced
 from vistrace.roles import Role
