@@ -17,6 +17,7 @@ image becomes at most 2 × 2 squares plus the global image.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import (
     Idefics3Config,
@@ -54,7 +55,7 @@ IDEFICS3_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
-_CORPUS = [
+SQUARE_CORPUS = [
     "User: Assistant: System:",
     *PROMPT_SENTENCES,
     "Read the text in the image carefully. Describe the picture. rather silver the red car a cat.\n\n",
@@ -65,28 +66,90 @@ def build_idefics3_tokenizer() -> PreTrainedTokenizerFast:
     """A small Llama-3-style byte-level BPE tokenizer with `IDEFICS3_SPECIAL_TOKENS` after the BPE
     vocabulary; BOS `<|begin_of_text|>`, EOS `<end_of_utterance>` (the generation config's EOS)."""
     tokenizer = build_tokenizer(
-        _CORPUS, style="llama3", vocab_size=400, extra_special_tokens=list(IDEFICS3_SPECIAL_TOKENS)
+        SQUARE_CORPUS, style="llama3", vocab_size=400, extra_special_tokens=list(IDEFICS3_SPECIAL_TOKENS)
     )
     tokenizer.eos_token = "<end_of_utterance>"
     return tokenizer
 
 
-def idefics3_processor(
-    tokenizer: PreTrainedTokenizerFast, *, square: int, patch_size: int, scale_factor: int, squares: int
-) -> Idefics3Processor:
-    """Idefics3's processor: resize the long side to `squares × square` px, split into `square`-px
-    squares plus the global image; `(square / patch_size / scale_factor)²` `<image>` tokens each."""
-    image_processor = Idefics3ImageProcessorPil(
+def square_processor(
+    processor_class: type[Any],
+    image_processor_class: type[Any],
+    tokenizer: PreTrainedTokenizerFast,
+    template: str,
+    *,
+    square: int,
+    patch_size: int,
+    scale_factor: int,
+    squares: int,
+) -> Any:
+    """A processor of the Idefics3 kind: resize the long side to `squares × square` px, split into
+    `square`-px squares plus the global image; `(square / patch_size / scale_factor)²` `<image>`
+    tokens each."""
+    image_processor = image_processor_class(
         size={"longest_edge": squares * square},
         max_image_size={"longest_edge": square},
         do_image_splitting=True,
     )
-    image_seq_len = (square // patch_size // scale_factor) ** 2
-    return Idefics3Processor(
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        image_seq_len=image_seq_len,
-        chat_template=IDEFICS3_TEMPLATE,
+        image_seq_len=(square // patch_size // scale_factor) ** 2,
+        chat_template=template,
+    )
+
+
+def idefics3_processor(
+    tokenizer: PreTrainedTokenizerFast, *, square: int, patch_size: int, scale_factor: int, squares: int
+) -> Idefics3Processor:
+    """Idefics3's processor (`square_processor`, the PIL `Idefics3ImageProcessorPil`)."""
+    return square_processor(
+        Idefics3Processor,
+        Idefics3ImageProcessorPil,
+        tokenizer,
+        IDEFICS3_TEMPLATE,
+        square=square,
+        patch_size=patch_size,
+        scale_factor=scale_factor,
+        squares=squares,
+    )
+
+
+def write_square_checkpoint(
+    out_dir: str | Path,
+    classes: tuple[type[Any], type[Any], type[Any]],
+    tokenizer: PreTrainedTokenizerFast,
+    processor: Any,
+    *,
+    seed: int,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    num_kv_heads: int,
+    square: int,
+    patch_size: int,
+    scale_factor: int,
+) -> Path:
+    """Write a tiny checkpoint of the Idefics3 kind: `classes` = (model, config, vision config), a
+    tiny vision tower on `square`-px squares, a Llama decoder, `<image>` as the image token."""
+    model_class, config_class, vision_class = classes
+    vision = vision_class(**TINY_TOWER, image_size=square, patch_size=patch_size)
+    text = llama_text_config(
+        tokenizer,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        max_position_embeddings=1024,
+    )
+    config = config_class(
+        vision_config=vision,
+        text_config=text,
+        scale_factor=scale_factor,
+        image_token_id=token_id(tokenizer, "<image>"),
+    )
+    return save_tiny_checkpoint(
+        out_dir, model_class, config, tokenizer=tokenizer, processor=processor, seed=seed
     )
 
 
@@ -105,33 +168,32 @@ def write_tiny_idefics3(
 ) -> Path:
     """Write a tiny `Idefics3ForConditionalGeneration` checkpoint into `out_dir` and return it."""
     tokenizer = build_idefics3_tokenizer()
-    vision = Idefics3VisionConfig(**TINY_TOWER, image_size=square, patch_size=patch_size)
-    text = llama_text_config(
+    processor = idefics3_processor(
+        tokenizer, square=square, patch_size=patch_size, scale_factor=scale_factor, squares=squares
+    )
+    return write_square_checkpoint(
+        out_dir,
+        (Idefics3ForConditionalGeneration, Idefics3Config, Idefics3VisionConfig),
         tokenizer,
+        processor,
+        seed=seed,
         num_layers=num_layers,
         hidden_size=hidden_size,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
-        max_position_embeddings=1024,
-    )
-    config = Idefics3Config(
-        vision_config=vision,
-        text_config=text,
+        square=square,
+        patch_size=patch_size,
         scale_factor=scale_factor,
-        image_token_id=token_id(tokenizer, "<image>"),
-    )
-    processor = idefics3_processor(
-        tokenizer, square=square, patch_size=patch_size, scale_factor=scale_factor, squares=squares
-    )
-    return save_tiny_checkpoint(
-        out_dir, Idefics3ForConditionalGeneration, config, tokenizer=tokenizer, processor=processor, seed=seed
     )
 
 
 __all__ = [
     "IDEFICS3_SPECIAL_TOKENS",
     "IDEFICS3_TEMPLATE",
+    "SQUARE_CORPUS",
     "build_idefics3_tokenizer",
     "idefics3_processor",
+    "square_processor",
+    "write_square_checkpoint",
     "write_tiny_idefics3",
 ]

@@ -32,23 +32,18 @@ from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
 from vistrace.adapters.idefics3 import smolvlm_image_only_processor_class
 from vistrace.models.tiny_checkpoint import (
-    PROMPT_SENTENCES,
-    TINY_TOWER,
-    llama_text_config,
-    save_tiny_checkpoint,
     token_id,
 )
-from vistrace.models.tiny_idefics3 import IDEFICS3_SPECIAL_TOKENS
+from vistrace.models.tiny_idefics3 import (
+    IDEFICS3_SPECIAL_TOKENS,
+    SQUARE_CORPUS,
+    square_processor,
+    write_square_checkpoint,
+)
 from vistrace.models.tokenizer_build import build_tokenizer
 
 # SmolLM2's chat delimiters, then the added tokens of the SmolVLM tokenizer.
 SMOLVLM_SPECIAL_TOKENS: tuple[str, ...] = ("<|im_start|>", "<|im_end|>", *IDEFICS3_SPECIAL_TOKENS, "<video>")
-
-_CORPUS = [
-    "User: Assistant: System:",
-    *PROMPT_SENTENCES,
-    "Read the text in the image carefully. Describe the picture. rather silver the red car a cat.\n\n",
-]
 
 
 def build_smolvlm_tokenizer() -> PreTrainedTokenizerFast:
@@ -56,7 +51,7 @@ def build_smolvlm_tokenizer() -> PreTrainedTokenizerFast:
     `<|im_start|>` (the chat template writes it, so prompts are tokenised without adding it), EOS
     `<end_of_utterance>`, pad `<|im_end|>`."""
     tokenizer = build_tokenizer(
-        _CORPUS, style="llama3", vocab_size=400, extra_special_tokens=list(SMOLVLM_SPECIAL_TOKENS)
+        SQUARE_CORPUS, style="llama3", vocab_size=400, extra_special_tokens=list(SMOLVLM_SPECIAL_TOKENS)
     )
     bos = "<|im_start|>"
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
@@ -71,20 +66,16 @@ def build_smolvlm_tokenizer() -> PreTrainedTokenizerFast:
 def smolvlm_processor(
     tokenizer: PreTrainedTokenizerFast, *, square: int, patch_size: int, scale_factor: int, squares: int
 ) -> object:
-    """SmolVLM's processor for images only: resize the long side to `squares × square` px, split into
-    `square`-px squares plus the global image; `(square / patch_size / scale_factor)²` `<image>`
-    tokens each."""
-    image_processor = SmolVLMImageProcessorPil(
-        size={"longest_edge": squares * square},
-        max_image_size={"longest_edge": square},
-        do_image_splitting=True,
-    )
-    image_seq_len = (square // patch_size // scale_factor) ** 2
-    return smolvlm_image_only_processor_class()(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        image_seq_len=image_seq_len,
-        chat_template=DEFAULT_CHAT_TEMPLATE,
+    """SmolVLM's processor for images only (`square_processor`, the PIL `SmolVLMImageProcessorPil`)."""
+    return square_processor(
+        smolvlm_image_only_processor_class(),
+        SmolVLMImageProcessorPil,
+        tokenizer,
+        DEFAULT_CHAT_TEMPLATE,
+        square=square,
+        patch_size=patch_size,
+        scale_factor=scale_factor,
+        squares=squares,
     )
 
 
@@ -103,26 +94,22 @@ def write_tiny_smolvlm(
 ) -> Path:
     """Write a tiny `SmolVLMForConditionalGeneration` checkpoint into `out_dir` and return it."""
     tokenizer = build_smolvlm_tokenizer()
-    vision = SmolVLMVisionConfig(**TINY_TOWER, image_size=square, patch_size=patch_size)
-    text = llama_text_config(
+    processor = smolvlm_processor(
+        tokenizer, square=square, patch_size=patch_size, scale_factor=scale_factor, squares=squares
+    )
+    return write_square_checkpoint(
+        out_dir,
+        (SmolVLMForConditionalGeneration, SmolVLMConfig, SmolVLMVisionConfig),
         tokenizer,
+        processor,
+        seed=seed,
         num_layers=num_layers,
         hidden_size=hidden_size,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
-        max_position_embeddings=1024,
-    )
-    config = SmolVLMConfig(
-        vision_config=vision,
-        text_config=text,
+        square=square,
+        patch_size=patch_size,
         scale_factor=scale_factor,
-        image_token_id=token_id(tokenizer, "<image>"),
-    )
-    processor = smolvlm_processor(
-        tokenizer, square=square, patch_size=patch_size, scale_factor=scale_factor, squares=squares
-    )
-    return save_tiny_checkpoint(
-        out_dir, SmolVLMForConditionalGeneration, config, tokenizer=tokenizer, processor=processor, seed=seed
     )
 
 
