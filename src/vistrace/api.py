@@ -29,7 +29,7 @@ from vistrace.knockout.sweep import (
     KnockoutRunner,
     Pathway,
     SampleSweep,
-    default_pack_bytes,
+    pack_bytes,
 )
 from vistrace.models.builtin import resolve_model_dir
 from vistrace.models.loading import LoadedModel
@@ -175,7 +175,6 @@ def knockout_sweeps(
         raise ValueError(f"pack_memory must be 0 or more GiB, not {pack_memory}")
     parsed = [p if isinstance(p, Pathway) else Pathway.parse(p) for p in pathways]
     runner = KnockoutRunner(model.loaded, mode=mode, temperature=temperature)
-    pack_bytes = default_pack_bytes(model.loaded.device) if pack_memory is None else int(pack_memory * 2**30)
 
     def tokenized() -> Iterator[tuple[int, PreparedPrompt, list[int]]]:
         for position, (prompt, answer) in enumerate(samples):
@@ -185,7 +184,8 @@ def knockout_sweeps(
                 raise ValueError(f"sample {position}: {error}") from None
             yield position, prompt, tokens
 
-    outcomes = runner.sweep(tokenized(), parsed, [window], strategy, pack_bytes=pack_bytes)
+    packed = pack_bytes(pack_memory, model.loaded.device)
+    outcomes = runner.sweep(tokenized(), parsed, [window], strategy, pack_bytes=packed)
     return _sweeps(model, runner, parsed, window, strategy, outcomes)
 
 

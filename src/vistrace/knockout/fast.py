@@ -73,6 +73,29 @@ class _Work:
 
 
 @dataclass(frozen=True)
+class _Windows:
+    """What the knockout of one sample's elements keeps at every answer step: each element's pathway
+    (`src`, `dst`, (B,) int8), its blocked layers ((B, L) bool) and its first one."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    layers: torch.Tensor
+    first_layers: list[int]
+
+    @classmethod
+    def of(cls, work: list[_Work], n_layers: int) -> _Windows:
+        layers = torch.zeros(len(work), n_layers, dtype=torch.bool)
+        for b, element in enumerate(work):
+            layers[b, sorted(element.layers)] = True
+        return cls(
+            torch.tensor([int(e.pathway.src) for e in work], dtype=torch.int8),
+            torch.tensor([int(e.pathway.dst) for e in work], dtype=torch.int8),
+            layers,
+            [min(e.layers) for e in work],
+        )
+
+
+@dataclass(frozen=True)
 class FastStrategy:
     """The fast strategy for one model. `forward(inputs, plan, **kwargs)` runs the model under `plan`."""
 
@@ -179,12 +202,7 @@ class FastStrategy:
         layers = compat.decoder_layers(self.model)
         finish = self.adapter.finisher(self.model)
         steps: list[list[torch.Tensor]] = [[] for _ in parts]
-        masks = []
-        for _, work in parts:
-            mask = torch.zeros(len(work), self.n_layers, dtype=torch.bool)
-            for b, element in enumerate(work):
-                mask[b, sorted(element.layers)] = True
-            masks.append(mask)
+        windows = [_Windows.of(work, self.n_layers) for _, work in parts]
         state: RowState | None = None
         spent = [0] * len(parts)
         for step, entry in enumerate(shape):
@@ -195,23 +213,17 @@ class FastStrategy:
                 continue
             rows, reuse = entry
             calls = []
-            for (s, work), mask in zip(parts, masks, strict=True):
+            for (s, work), window in zip(parts, windows, strict=True):
                 seq = samples[s].seq
                 length = seq.prompt_len + step
-                knockout = Knockout(
-                    seq.roles(step)[None].expand(len(work), -1),
-                    torch.tensor([int(e.pathway.src) for e in work], dtype=torch.int8),
-                    torch.tensor([int(e.pathway.dst) for e in work], dtype=torch.int8),
-                    mask,
-                )
+                roles = seq.roles(step)[None].expand(len(work), -1)
                 plan = Plan(
                     cross_layers=self.cross,
                     mode=self.mode,
-                    knockout=knockout,
+                    knockout=Knockout(roles, window.src, window.dst, window.layers),
                     image_rows=seq.image_rows(length)[None].expand(len(work), -1),
                 )
-                first_layers = [min(e.layers) for e in work]
-                calls.append(Rows(samples[s].clean, length - rows, length, first_layers, plan))
+                calls.append(Rows(samples[s].clean, length - rows, length, window.first_layers, plan))
             logits, state, used = rerun(
                 self.adapter, layers, finish, self.cross, calls, reused=state if reuse else None
             )

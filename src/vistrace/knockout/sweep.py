@@ -42,9 +42,12 @@ class SampleSweep(Generic[Tag]):
     error: str | None = None
 
 
-def default_pack_bytes(device: torch.device) -> int:
-    """How much clean-pass memory a sweep packs by default: a tenth of the GPU's memory on CUDA, and
-    nothing (every sample alone) elsewhere, where a bigger call saves little."""
+def pack_bytes(pack_memory: float | None, device: torch.device) -> int:
+    """The clean-pass bytes a sweep on `device` packs for `pack_memory` GiB; None: by default a tenth
+    of the GPU's memory on CUDA, and nothing (every sample alone) elsewhere, where a bigger call
+    saves little."""
+    if pack_memory is not None:
+        return int(pack_memory * 2**30)
     if device.type != "cuda":
         return 0
     return int(torch.cuda.get_device_properties(device).total_memory // 10)
@@ -77,7 +80,8 @@ class KnockoutRunner:
 
         ValueError when the answer is empty, the strategy unknown, or the fast strategy would not be
         exact for this model or sample (use `naive`)."""
-        seq = self._sequence(prepared, answer_tokens, strategy)
+        self._check_strategy(strategy)
+        seq = self._sequence(prepared, answer_tokens)
         with self._traced():
             if strategy == "naive":
                 return self._naive(seq, pathways, k)
@@ -107,7 +111,7 @@ class KnockoutRunner:
         held = 0
         for tag, prepared, answer in samples:
             try:
-                seq = self._sequence(prepared, answer, strategy)
+                seq = self._sequence(prepared, answer)
                 with self._traced():
                     if strategy == "naive":
                         results = {k: self._naive(seq, pathways, k) for k in ks}
@@ -147,10 +151,7 @@ class KnockoutRunner:
                 yield SampleSweep(tag, {k: results[done] for k, results in by_k.items()})
                 done += 1
 
-    def _sequence(
-        self, prepared: PreparedPrompt, answer_tokens: Sequence[int], strategy: str
-    ) -> TeacherForced:
-        self._check_strategy(strategy)
+    def _sequence(self, prepared: PreparedPrompt, answer_tokens: Sequence[int]) -> TeacherForced:
         if not answer_tokens:
             raise SampleNotSweepable("the answer has no tokens to score")
         return TeacherForced(prepared, tuple(int(t) for t in answer_tokens), self.mode)
@@ -241,6 +242,6 @@ __all__ = [
     "SampleNotSweepable",
     "SampleSweep",
     "Strategy",
-    "default_pack_bytes",
+    "pack_bytes",
     "window_layers",
 ]

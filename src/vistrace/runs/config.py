@@ -21,7 +21,7 @@ from vistrace import __version__
 from vistrace.data import DEFAULT_MAX_NEW_TOKENS, READERS, ReadResult, read_dataset
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.scores import SCORES
-from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, Pathway, default_pack_bytes
+from vistrace.knockout.sweep import DEFAULT_TEMPERATURE, PAPER_PATHWAYS, Pathway, pack_bytes
 from vistrace.models.loading import LoadedModel
 from vistrace.volcano.loop import MAX_ROUNDS, SAMPLE_TEMPERATURE
 
@@ -181,12 +181,9 @@ class TraceConfig:
         return DEFAULT_TEMPERATURE[self.mode] if self.temperature is None else self.temperature
 
     def pack_bytes(self, loaded: LoadedModel) -> int:
-        """Clean-pass memory the fast strategy packs into shared re-run calls, in bytes: `pack_memory`
-        GiB, or by default a tenth of the GPU's memory on CUDA and none elsewhere
-        (:func:`vistrace.knockout.sweep.default_pack_bytes`)."""
-        if self.pack_memory is None:
-            return default_pack_bytes(loaded.device)
-        return int(self.pack_memory * 2**30)
+        """Clean-pass memory the fast strategy packs into shared re-run calls, in bytes
+        (:func:`vistrace.knockout.sweep.pack_bytes` of `pack_memory`)."""
+        return pack_bytes(self.pack_memory, loaded.device)
 
     def check_model(self, n_layers: int) -> None:
         """ValueError when a window is wider than the model's `n_layers` layers."""

@@ -25,7 +25,7 @@ from vistrace import __version__
 from vistrace.adapters import PreparedPrompt
 from vistrace.hook.plan import KnockoutMode
 from vistrace.knockout.lens import answer_probability_by_layer
-from vistrace.knockout.sweep import KnockoutResult, KnockoutRunner
+from vistrace.knockout.sweep import KnockoutResult, KnockoutRunner, Pathway
 from vistrace.knockout.words import answer_words
 from vistrace.models.loading import LoadedModel
 from vistrace.runs.config import TraceConfig, check_trace_options
@@ -189,7 +189,7 @@ def run_trace(loaded: LoadedModel, config: TraceConfig, shard: Shard | None = No
                 skip(item, f"the knockout could not run ({outcome.error})")
                 continue
             position, _, sample_id = item.where
-            records = _records(loaded, runner, item.sample, sample_id, config, outcome.results)
+            records = _records(loaded, runner, item.sample, sample_id, config, outcome.results, parsed)
             if layer_store is not None:  # before the results it goes with
                 lens = answer_probability_by_layer(
                     loaded, item.prepared, item.answer, temperature=runner.temperature
@@ -258,9 +258,9 @@ def _records(
     sample_id: str,
     config: TraceConfig,
     swept: dict[int, KnockoutResult],
+    parsed: list[Pathway],
 ) -> list[dict[str, Any]]:
-    """The result records of one swept sample: one per pathway and k."""
-    parsed = config.parsed_pathways
+    """The result records of one swept sample: one per pathway (`parsed`) and k."""
     categories = sample.get("categories")
     model_name = str(loaded.path)
     words = [
